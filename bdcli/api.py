@@ -1,0 +1,218 @@
+"""The Python API: one function per command. Each loads its inputs, runs the library procedure and
+publishes one output folder through the artifact contract (``artifacts.run_step``). The CLI and the
+recipe runner are thin layers over these functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifacts import StepResult, provenance_of, read_manifest, run_step
+from .data.dataset import Corpus
+from .errors import BdcliError, UsageError
+
+
+@dataclass
+class DataSpec:
+    """Where a command's data comes from: a named set, a bdcli data folder, or a user's file/folder
+    with a column mapping."""
+
+    data: str
+    data_dir: str | None = None
+    text_col: str = "text"
+    label_col: str = "label"
+    text_b_col: str | None = None
+
+    def load(self) -> Corpus:
+        from .data import load_corpus, resolve_data_dir
+
+        return load_corpus(
+            self.data,
+            resolve_data_dir(self.data_dir),
+            text_col=self.text_col,
+            label_col=self.label_col,
+            text_b_col=self.text_b_col,
+        )
+
+
+def _input_of(corpus: Corpus, spec: DataSpec) -> str:
+    # Hash the files actually read (a named set resolves to a local folder), else record the name.
+    return corpus.source if corpus.source and Path(corpus.source).exists() else spec.data
+
+
+def _model_input(model: str) -> str:
+    from .models import resolve_model
+
+    return resolve_model(model)
+
+
+def poison(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool = False) -> StepResult:
+    """Poison a clean data set: writes train/dev/test, the ASR set ``test-poison`` and ``poison.json``."""
+    from .data import write_data_folder
+    from .poison import POISONERS
+
+    poisoner = POISONERS.get(name)(cfg)
+    corpus = data.load()
+    if corpus.poison is not None:
+        raise UsageError(f"data {data.data} is already poisoned ({corpus.poison.get('attack')}); start from clean data")
+
+    def body(tmp: Path) -> dict[str, Any]:
+        poisoned = poisoner.apply(corpus)
+        write_data_folder(poisoned, tmp)
+        record = poisoned.poison or {}
+        return {
+            "provenance": {"attack": name, "dataset": corpus.name, "target": record.get("target")},
+            "summary": {"n_train": record.get("n_train"), "n_poisoned": record.get("n_poisoned"),
+                        "n_test_poison": len(poisoned.split("test-poison"))},
+        }
+
+    return run_step(out, command=f"poison {name}", config=cfg, inputs={"data": _input_of(corpus, data)},
+                    kind="dataset", body=body, force=force)
+
+
+def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool = False) -> StepResult:
+    """Train a victim on (poisoned) data and save it as a Hugging Face folder."""
+    from .attacks import ATTACKS
+    from .models import save_classifier
+
+    proc = ATTACKS.get(name)
+    corpus = data.load()
+    poison_record = corpus.poison or {}
+
+    def body(tmp: Path) -> dict[str, Any]:
+        loaded, summary = proc.run(cfg, corpus)
+        save_classifier(loaded, tmp)
+        return {
+            "device": str(_device_of(loaded.model)),
+            "provenance": {
+                "method": "victim",
+                "attack": poison_record.get("attack", "clean"),
+                "dataset": corpus.name,
+                "scenario": cfg.scenario,
+                "target": poison_record.get("target"),
+                "base_model": cfg.model,
+                "label_names": corpus.label_names,
+            },
+            "summary": summary,
+        }
+
+    inputs = {"data": _input_of(corpus, data), "model": _model_input(cfg.model)}
+    return run_step(out, command=f"attack {name}", config=cfg, inputs=inputs, kind="model", body=body, force=force)
+
+
+def defend(name: str, cfg: Any, model: str, data: DataSpec, out: str | Path, *, force: bool = False) -> StepResult:
+    """Purify ``model`` with clean data; the defender's share is ``cfg.clean_fraction`` of the train split."""
+    from .defenses import DEFENSES, SCENARIO_CLEAN_FRACTION
+    from .models import load_classifier, save_classifier
+
+    proc = DEFENSES.get(name)
+    model_path = _model_input(model)
+    victim_prov = provenance_of(model_path)
+    scenario = victim_prov.get("scenario") or "outsourcing"
+    if cfg.clean_fraction is None:
+        cfg = dataclasses.replace(cfg, clean_fraction=SCENARIO_CLEAN_FRACTION[scenario])
+    corpus = data.load()
+    if corpus.poison is not None:
+        raise UsageError(
+            f"data {data.data} is poisoned ({corpus.poison.get('attack')}); a defense needs clean data "
+            f"(for example the named set {corpus.name!r})"
+        )
+    clean = corpus.split("train").fraction(cfg.clean_fraction, cfg.seed)
+
+    def body(tmp: Path) -> dict[str, Any]:
+        victim = load_classifier(model_path, label_names=corpus.label_names, seed=cfg.seed)
+        if victim.new_head:
+            raise BdcliError(f"model {model} has no classification head; `defend {name}` needs a classifier")
+        summary = proc.run(cfg, victim, clean)
+        save_classifier(victim, tmp)
+        return {
+            "device": str(_device_of(victim.model)),
+            "provenance": {**victim_prov, "method": name, "victim": str(model_path), "dataset": victim_prov.get("dataset", corpus.name),
+                           "scenario": scenario, "clean_rows": len(clean), "label_names": victim.label_names},
+            "summary": summary,
+        }
+
+    inputs = {"model": model_path, "data": _input_of(corpus, data)}
+    return run_step(out, command=f"defend {name}", config=cfg, inputs=inputs, kind="model", body=body, force=force)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 128
+    max_length: int = 128
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"
+    label: str | None = None  # the row name `report` shows for this model (default: its method)
+
+
+def evaluate(cfg: EvalConfig, model: str, data: DataSpec, out: str | Path, *, force: bool = False) -> StepResult:
+    """ACC on the clean test split; ASR and per-class ASR on ``test-poison`` when the data has one."""
+    from .engine import forward_all, resolve_device, seed_everything
+    from .engine.batching import encode
+    from .metrics import accuracy, asr_per_class, attack_success_rate
+    from .models import load_classifier
+
+    model_path = _model_input(model)
+    corpus = data.load()
+    test = corpus.split("test")
+    asr_set = corpus.splits.get("test-poison")
+    poison_record = corpus.poison or {}
+
+    def body(tmp: Path) -> dict[str, Any]:
+        seed_everything(cfg.seed)
+        loaded = load_classifier(model_path, label_names=corpus.label_names, seed=cfg.seed)
+        if loaded.new_head:
+            raise BdcliError(f"model {model} has no classification head, so it cannot be evaluated as a classifier")
+        device = resolve_device(cfg.device)
+        loaded.model.to(device)
+
+        def predict(ds) -> list[int]:
+            enc = encode(loaded.tokenizer, ds, cfg.max_length)
+            logits = forward_all(loaded.model, enc, batch_size=cfg.batch_size, device=device, precision=cfg.precision)
+            return logits.argmax(dim=-1).tolist()
+
+        prov = provenance_of(model_path)
+        record: dict[str, Any] = {
+            "acc": accuracy(predict(test), test.labels),
+            "asr": None,
+            "asr_c": {},
+            "n_clean": len(test),
+            "n_poison": 0,
+            "method": prov.get("method", "external"),
+            "label": cfg.label,
+            "attack": poison_record.get("attack", prov.get("attack")),
+            "dataset": corpus.name,
+            "scenario": prov.get("scenario"),
+            "target": poison_record.get("target"),
+            "model": str(model),
+            "data": data.data,
+        }
+        if asr_set is not None and poison_record:
+            preds = predict(asr_set)
+            record.update(
+                asr=attack_success_rate(preds, int(poison_record["target"])),
+                asr_c=asr_per_class(preds, asr_set.labels, corpus.label_names),
+                n_poison=len(asr_set),
+            )
+        (tmp / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+        return {"device": str(device), "provenance": {k: record[k] for k in ("method", "attack", "dataset", "scenario")},
+                "summary": {k: record[k] for k in ("acc", "asr")}}
+
+    inputs = {"model": model_path, "data": _input_of(corpus, data)}
+    return run_step(out, command="evaluate", config=cfg, inputs=inputs, kind="metrics", body=body, force=force)
+
+
+def read_metrics(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "metrics.json").read_text())
+
+
+def _device_of(model) -> Any:
+    return next(model.parameters()).device
+
+
+__all__ = ["DataSpec", "EvalConfig", "poison", "attack", "defend", "evaluate", "read_metrics", "read_manifest"]

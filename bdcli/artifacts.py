@@ -1,0 +1,219 @@
+"""The artifact contract between commands: one output folder per command, written atomically, with a
+``manifest.json`` that says how to reproduce it.
+
+A command's body writes into a hidden temporary folder beside the target; only when it finished does the
+folder get its manifest and get renamed into place, so a reader never sees a half-written result. The
+manifest's ``fingerprint`` (command + resolved config + content hashes of the inputs) lets a rerun with
+the same inputs find the finished output instead of redoing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .errors import BdcliError, UsageError
+
+MANIFEST = "manifest.json"
+# Settings that change where or how fast a step runs, not what it computes.
+_NOT_FINGERPRINTED = {"device"}
+
+
+def hash_path(path: Path) -> str:
+    """Content hash of a file, or of a folder's files (names and bytes, manifest excluded, so that a
+    rerun that only rewrote times does not invalidate everything downstream)."""
+    h = hashlib.sha256()
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+        root = path.parent
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST)
+        root = path
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def describe_input(spec: str | Path) -> dict[str, Any]:
+    """An input as the manifest records it: a local path with its content hash, or a name (a hub id or
+    a named data set) that is resolved elsewhere."""
+    p = Path(spec)
+    if p.exists():
+        return {"path": str(p.resolve()), "sha256": hash_path(p)}
+    return {"name": str(spec)}
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def versions() -> dict[str, str | None]:
+    import torch
+    import transformers
+
+    return {
+        "bdcli": __version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(config):
+        return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    return dict(config)
+
+
+def fingerprint(command: str, config: dict[str, Any], inputs: dict[str, dict[str, Any]]) -> str:
+    payload = {
+        "command": command,
+        "config": {k: v for k, v in config.items() if k not in _NOT_FINGERPRINTED},
+        "inputs": {k: v.get("sha256", v.get("name")) for k, v in inputs.items()},
+        "bdcli": __version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclasses.dataclass
+class StepResult:
+    out: Path
+    manifest: dict[str, Any]
+    reused: bool
+
+
+def run_step(
+    out: str | Path,
+    *,
+    command: str,
+    config: Any,
+    inputs: dict[str, str | Path],
+    kind: str,
+    body: Callable[[Path], dict[str, Any] | None],
+    force: bool = False,
+) -> StepResult:
+    """Run ``body(tmp_folder)`` and publish its folder at ``out`` with a manifest.
+
+    ``body`` returns extra manifest fields (``provenance``, summary figures). If ``out`` already holds
+    a finished result with the same fingerprint, the body is not run. On any failure the temporary
+    folder (and any parent folder this call created) is removed, so nothing half-written remains.
+    """
+    out = Path(out)
+    cfg = config_dict(config)
+    described = {name: describe_input(spec) for name, spec in inputs.items()}
+    fp = fingerprint(command, cfg, described)
+
+    if out.exists():
+        old = read_manifest(out)
+        if old is not None and old.get("fingerprint") == fp and not force:
+            return StepResult(out, old, reused=True)
+        if not force:
+            why = "a different result" if old is not None else "files bdcli did not write"
+            raise UsageError(f"output folder {out} already holds {why}; pass --force to replace it")
+        if old is None and any(out.iterdir()):
+            # --force replaces bdcli outputs only; never delete a user's unrelated folder.
+            raise UsageError(f"refusing to replace {out}: it is not a bdcli output folder")
+
+    created: list[Path] = []
+    parent = out.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    started = now()
+    try:
+        extra = body(tmp) or {}
+        manifest = {
+            "bdcli_manifest": 1,
+            "kind": kind,
+            "command": command,
+            "argv": sys.argv,
+            "config": cfg,
+            "inputs": described,
+            "fingerprint": fp,
+            "seed": cfg.get("seed"),
+            "device": extra.pop("device", cfg.get("device")),
+            "versions": versions(),
+            "started": started,
+            "finished": now(),
+            **extra,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
+    return StepResult(out, manifest, reused=False)
+
+
+def provenance_of(folder: str | Path) -> dict[str, Any]:
+    """What an earlier bdcli output says it holds (method, attack, data set, scenario); empty for a
+    folder bdcli did not write."""
+    m = read_manifest(Path(folder))
+    return dict(m.get("provenance", {})) if m else {}
+
+
+def require_exists(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise BdcliError(f"{what} {p} does not exist")
+    return p

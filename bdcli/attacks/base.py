@@ -1,0 +1,28 @@
+"""Attacks: procedures that turn (a model, poisoned data) into a backdoored victim."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine.loop import TrainConfig
+from ..errors import UsageError
+from ..registry import Procedure, Registry
+
+SCENARIOS = ("outsourcing", "transfer")
+
+
+@dataclass
+class AttackConfig(TrainConfig):
+    model: str = "minilm"  # alias, folder or hub id of the clean pre-trained model
+    # outsourcing: the attacker ships the whole classifier; transfer: the attacker ships an encoder
+    # that the user fine-tunes (recorded so that defenses and evaluation know what they hold).
+    scenario: str = "outsourcing"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scenario not in SCENARIOS:
+            raise UsageError(f"unknown scenario {self.scenario!r}; use one of {', '.join(SCENARIOS)}")
+
+
+# run(cfg, corpus) -> (LoadedModel, summary dict)
+ATTACKS: Registry[Procedure] = Registry("attack")

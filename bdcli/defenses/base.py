@@ -1,0 +1,28 @@
+"""Defenses: procedures that take a possibly backdoored classifier and clean data and return a
+purified classifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine.loop import TrainConfig
+from ..errors import UsageError
+from ..registry import Procedure, Registry
+
+
+@dataclass
+class DefenseConfig(TrainConfig):
+    # Share of the clean training set the defender holds. None: the scenario's default, 0.1 for
+    # outsourcing (the paper's 10%) and 1.0 for transfer learning.
+    clean_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.clean_fraction is not None and not 0 < self.clean_fraction <= 1:
+            raise UsageError(f"clean fraction must be in (0, 1], got {self.clean_fraction}")
+
+
+SCENARIO_CLEAN_FRACTION = {"outsourcing": 0.1, "transfer": 1.0}
+
+# run(cfg, victim: LoadedModel, clean: TextDataset) -> summary dict; updates victim.model in place
+DEFENSES: Registry[Procedure] = Registry("defense")

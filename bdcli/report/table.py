@@ -1,0 +1,492 @@
+"""Turn ``metrics.json`` files into the paper's result tables (Table 1 / Table 2 layout).
+
+The table is a plain ``pandas.DataFrame`` of numbers so that it stays usable as data:
+
+* index: ``Method`` (row labels), or ``(Dataset, Method)`` when the records span several data sets;
+* columns: ``(attack, "ACC" | "ASR")`` pairs in the paper's attack order, plus ``("Δ", "")``;
+  records without an attack (clean data) give a single ``("Clean", "ACC")`` column in front;
+* values: percent, rounded to 2 decimals; NaN where there is nothing to show.
+
+Two things a plain frame cannot say live in ``table.attrs``:
+
+* ``attrs["victims"]``: the index keys of the victim rows, whose Δ the renderers print as "-"
+  (their Δ cell is NaN, like a row that has no victim to compare with, so the column stays numeric);
+* ``attrs["marks"]``: a frame shaped like the table holding "best" / "second" / "" so that each
+  renderer can style the winners its own way (bold/underline, \\textbf/\\underline, <b>/<u>, rich styles).
+
+``render(table, fmt)`` returns text for ``FORMATS``; ``rich_table(table)`` returns a ``rich.table.Table``
+for terminals (rich is not a text format, so it is kept out of ``render``'s ``str`` contract).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+from rich.table import Table as RichTable
+
+from ..errors import BdcliError, UsageError
+
+METRICS_FILE = "metrics.json"
+
+METHOD_NAMES = {
+    "victim": "Victim",
+    "ft": "FT",
+    "fth": "FTH",
+    "freelb": "FreeLB",
+    "fine-pruning": "FP",
+    "maxent": "MaxEnt",
+}
+# Baselines first, as in the paper; every other method follows in first-seen order.
+METHOD_ORDER = ("victim", "ft", "fth", "freelb", "fine-pruning")
+
+ATTACK_NAMES = {
+    "badnets": "BadNets",
+    "addsent": "AddSent",
+    "ripple": "RIPPLe",
+    "ripples": "RIPPLES",
+    "sos": "SOS",
+    "hiddenkiller": "HiddenKiller",
+    "stylebkd": "StyleBkd",
+    "ep": "EP",
+    "neuba": "NeuBA",
+}
+ATTACK_ORDER = tuple(ATTACK_NAMES)
+CLEAN = "Clean"  # column for records evaluated on clean data only (attack null)
+
+DATASET_NAMES = {"sst2": "SST-2", "ag_news": "AG", "agnews": "AG"}
+
+ACC, ASR = "ACC", "ASR"
+DELTA = ("Δ", "")
+BEST, SECOND = "best", "second"
+FORMATS = ("markdown", "csv", "latex", "html")
+
+
+# ----------------------------------------------------------------------------------------- collect
+
+
+def collect(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
+    """Load every ``metrics.json`` under ``paths`` (files are taken as given, folders searched
+    recursively, skipping folders whose name starts with "."), each record with its ``path`` added.
+
+    Order: the arguments' order, sorted within each folder; a file reached twice is read once.
+    """
+    paths = [Path(p) for p in paths]
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for path in paths:
+        for file in _metrics_files(path):
+            key = file.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(file)
+    if not files:
+        where = ", ".join(str(p) for p in paths) or "(no paths given)"
+        raise BdcliError(f"no {METRICS_FILE} under {where}")
+    return [_load(file) for file in files]
+
+
+def _metrics_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise BdcliError(f"{path} does not exist")
+    if path.is_file():
+        return [path]
+    found = []
+    for folder, subfolders, names in os.walk(path):
+        # Dot-folders are temporary outputs of interrupted runs; pruning here also skips their children.
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        if METRICS_FILE in names:
+            found.append(Path(folder) / METRICS_FILE)
+    return sorted(found)
+
+
+def _load(file: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BdcliError(f"{file} is not a readable JSON file: {e}") from None
+    if not isinstance(record, dict):
+        raise BdcliError(f"{file} does not hold a JSON object")
+    _check(record, str(file))
+    return {**record, "path": str(file)}
+
+
+def _check(record: dict[str, Any], where: str) -> None:
+    # build_table also takes records that never went through collect, so it checks them too.
+    if not _is_fraction(record.get("acc")):
+        raise BdcliError(f"{where} has no 'acc' value between 0 and 1")
+    if record.get("asr") is not None and not _is_fraction(record["asr"]):
+        raise BdcliError(f"{where} has an 'asr' that is not a number between 0 and 1")
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+# -------------------------------------------------------------------------------------- build_table
+
+
+@dataclass
+class _Row:
+    dataset: str
+    label: str
+    method: str
+    cells: dict[str, tuple[float, float]] = field(default_factory=dict)  # attack -> (acc, asr) fractions
+    paths: dict[str, str] = field(default_factory=dict)  # attack -> file, to name duplicates
+
+    @property
+    def is_victim(self) -> bool:
+        return self.method == "victim"
+
+
+def build_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Arrange records as the paper's table; see the module docstring for the layout."""
+    rows = _group_rows(list(records))
+    attacks = _attack_columns(rows)
+    datasets = list(dict.fromkeys(r.dataset for r in rows))
+    rows = sorted(rows, key=_row_sort_key(rows, datasets))
+    victims = _victims(rows)
+
+    columns = pd.MultiIndex.from_tuples(
+        [(a, m) for a in attacks for m in _metrics_of(a)] + [DELTA], names=["Attack", "Metric"]
+    )
+    data = [_row_values(r, attacks, victims.get(r.dataset)) for r in rows]
+    index = _index(rows, several_datasets=len(datasets) > 1)
+    table = pd.DataFrame(data, index=index, columns=columns, dtype=float)
+    table.attrs["victims"] = [index[i] for i, r in enumerate(rows) if r.is_victim]
+    table.attrs["marks"] = _marks(table, [r.is_victim for r in rows], [r.dataset for r in rows])
+    return table
+
+
+def _group_rows(records: list[dict[str, Any]]) -> list[_Row]:
+    if not records:
+        raise BdcliError("no results to tabulate")
+    rows: dict[tuple[str, str], _Row] = {}
+    for rec in records:
+        _check(rec, _where(rec))
+        method = rec.get("method")
+        label = rec.get("label") or (METHOD_NAMES.get(method, method) if method else None)
+        if not label:
+            raise BdcliError(f"{_where(rec)} has neither 'method' nor 'label'")
+        dataset = DATASET_NAMES.get(rec.get("dataset") or "", rec.get("dataset") or "?")
+        attack = ATTACK_NAMES.get(rec.get("attack") or "", rec.get("attack")) or CLEAN
+        row = rows.setdefault((dataset, label), _Row(dataset, label, method or ""))
+        if attack in row.cells:
+            raise BdcliError(
+                f"ambiguous: {row.paths[attack]} and {_where(rec)} both report {label!r} "
+                f"on {dataset} / {attack}; give one a distinct 'label' or report them separately"
+            )
+        row.cells[attack] = (float(rec["acc"]), math.nan if rec.get("asr") is None else float(rec["asr"]))
+        row.paths[attack] = _where(rec)
+    return list(rows.values())
+
+
+def _where(record: dict[str, Any]) -> str:
+    return str(record.get("path", "a record"))
+
+
+def _percent(fraction: float) -> float:
+    return round(100 * fraction, 2)
+
+
+def _attack_columns(rows: list[_Row]) -> list[str]:
+    seen = list(dict.fromkeys(a for r in rows for a in r.cells))
+    known = [ATTACK_NAMES[a] for a in ATTACK_ORDER]
+    clean = [CLEAN] if CLEAN in seen else []
+    return clean + [a for a in known if a in seen] + [a for a in seen if a not in known and a != CLEAN]
+
+
+def _metrics_of(attack: str) -> tuple[str, ...]:
+    return (ACC,) if attack == CLEAN else (ACC, ASR)
+
+
+def _row_sort_key(rows: list[_Row], datasets: list[str]) -> Callable[[_Row], tuple[int, int, int]]:
+    first_seen = {id(r): i for i, r in enumerate(rows)}
+
+    def key(r: _Row) -> tuple[int, int, int]:
+        rank = METHOD_ORDER.index(r.method) if r.method in METHOD_ORDER else len(METHOD_ORDER)
+        return datasets.index(r.dataset), rank, first_seen[id(r)]
+
+    return key
+
+
+def _victims(rows: list[_Row]) -> dict[str, _Row]:
+    victims: dict[str, _Row] = {}
+    for r in filter(lambda r: r.is_victim, rows):
+        if r.dataset in victims:
+            # Δ needs one reference per data set; two would make it depend on which one we picked.
+            raise BdcliError(
+                f"ambiguous: {r.dataset} has two victim rows ({victims[r.dataset].label!r} and "
+                f"{r.label!r}); report them separately"
+            )
+        victims[r.dataset] = r
+    return victims
+
+
+def _row_values(row: _Row, attacks: list[str], victim: _Row | None) -> list[float]:
+    values = []
+    for a in attacks:
+        acc, asr = row.cells.get(a, (math.nan, math.nan))
+        values += [_percent(acc), _percent(asr)] if a != CLEAN else [_percent(acc)]
+    return values + [_delta(row, victim)]
+
+
+def _delta(row: _Row, victim: _Row | None) -> float:
+    """Mean ASR drop against the victim in points, over the attacks both rows report an ASR for.
+
+    Taken from the unrounded fractions, as the paper does (its AG/FP Δ of 66.71 is 66.70 from the
+    printed digits)."""
+    if victim is None or row is victim:
+        return math.nan
+    drops = [
+        victim.cells[a][1] - asr
+        for a, (_, asr) in row.cells.items()
+        if a in victim.cells and not math.isnan(asr) and not math.isnan(victim.cells[a][1])
+    ]
+    return round(100 * sum(drops) / len(drops), 2) if drops else math.nan
+
+
+def _index(rows: list[_Row], several_datasets: bool) -> pd.Index:
+    if several_datasets:
+        return pd.MultiIndex.from_tuples([(r.dataset, r.label) for r in rows], names=["Dataset", "Method"])
+    return pd.Index([r.label for r in rows], name="Method")
+
+
+def _marks(table: pd.DataFrame, is_victim: list[bool], datasets: list[str]) -> pd.DataFrame:
+    marks = pd.DataFrame("", index=table.index, columns=table.columns, dtype=object)
+    for j, column in enumerate(table.columns):
+        if column[1] != ASR and column != DELTA:
+            continue
+        for dataset in dict.fromkeys(datasets):
+            # Winners are picked per data set (block of rows) and never include the victim itself.
+            rows = [i for i, d in enumerate(datasets) if d == dataset and not is_victim[i]]
+            values = {i: table.iat[i, j] for i in rows}
+            # Lower ASR is better; a larger Δ (bigger drop) is better.
+            for i, mark in _rank(values, higher_is_better=column == DELTA).items():
+                marks.iat[i, j] = mark
+    return marks
+
+
+def _rank(values: dict[int, float], higher_is_better: bool) -> dict[int, str]:
+    """Best and second-best among ``values`` (position -> value); ties share a mark."""
+    distinct = sorted({v for v in values.values() if not math.isnan(v)}, reverse=higher_is_better)
+    wanted = dict(zip(distinct[:2], (BEST, SECOND)))
+    return {i: wanted[v] for i, v in values.items() if v in wanted}
+
+
+# ------------------------------------------------------------------------------------------ render
+
+
+@dataclass
+class _Cell:
+    text: str
+    mark: str = ""  # BEST, SECOND or ""
+
+
+@dataclass
+class _Line:
+    dataset: str | None  # None: single data set, no Dataset column at all
+    label: str
+    cells: list[_Cell]
+    first_of_block: bool
+    last_of_block: bool
+
+
+def render(table: pd.DataFrame, fmt: str) -> str:
+    """The table as text: ``markdown`` (best **x**, second <u>x</u>), ``csv`` (plain numbers, one
+    header row, no marks, victim Δ left empty), ``latex`` (booktabs; \\textbf / \\underline) or ``html``
+    (<b> / <u>). For a terminal use ``rich_table``."""
+    renderers = {"markdown": _markdown, "csv": _csv, "latex": _latex, "html": _html}
+    if fmt not in renderers:
+        raise UsageError(f"unknown report format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    return renderers[fmt](table)
+
+
+def rich_table(table: pd.DataFrame, title: str | None = None) -> RichTable:
+    """The table for ``rich.console.Console.print``: best in bold, second-best underlined."""
+    from rich.text import Text
+
+    out = RichTable(title=title)
+    if _has_datasets(table):
+        out.add_column("Dataset")
+    out.add_column("Method")
+    for name in _flat_names(table, sep="\n"):
+        out.add_column(name, justify="right")
+    styles = {BEST: "bold", SECOND: "underline", "": ""}
+    for line in _lines(table):
+        lead = ([line.dataset if line.first_of_block else ""] if line.dataset is not None else []) + [line.label]
+        cells = [Text(c.text, style=styles[c.mark]) for c in line.cells]
+        out.add_row(*lead, *cells, end_section=line.last_of_block)
+    return out
+
+
+# --- the parts every format shares
+
+
+def _has_datasets(table: pd.DataFrame) -> bool:
+    return isinstance(table.index, pd.MultiIndex)
+
+
+def _flat_names(table: pd.DataFrame, sep: str = " ") -> list[str]:
+    return [attack if not metric else f"{attack}{sep}{metric}" for attack, metric in table.columns]
+
+
+def _groups(table: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """Column groups for two-row headers: (attack, its metrics); Δ comes as ("Δ", [])."""
+    groups: dict[str, list[str]] = {}
+    for attack, metric in table.columns:
+        groups.setdefault(attack, []).extend([metric] if metric else [])
+    return list(groups.items())
+
+
+def _lines(table: pd.DataFrame) -> list[_Line]:
+    marks = _aligned_marks(table)
+    victims = set(table.attrs.get("victims", []))
+    keys = list(table.index)
+    datasets = [k[0] for k in keys] if _has_datasets(table) else [None] * len(keys)
+    lines = []
+    for i, key in enumerate(keys):
+        cells = [
+            _Cell(_number(table.iat[i, j], victim_delta=key in victims and col == DELTA), marks.iat[i, j])
+            for j, col in enumerate(table.columns)
+        ]
+        label = key[1] if _has_datasets(table) else key
+        first = i == 0 or datasets[i - 1] != datasets[i]
+        last = i == len(keys) - 1 or datasets[i + 1] != datasets[i]
+        lines.append(_Line(datasets[i], str(label), cells, first, last))
+    return lines
+
+
+def _aligned_marks(table: pd.DataFrame) -> pd.DataFrame:
+    # The marks ride in attrs; after slicing the table they must follow its rows and columns.
+    marks = table.attrs.get("marks")
+    if not isinstance(marks, pd.DataFrame):
+        return pd.DataFrame("", index=table.index, columns=table.columns, dtype=object)
+    return marks.reindex(index=table.index, columns=table.columns).fillna("")
+
+
+def _number(value: float, victim_delta: bool = False) -> str:
+    if victim_delta:
+        return "-"
+    return "" if pd.isna(value) else f"{value:.2f}"
+
+
+# --- formats
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    lead = (["Dataset"] if _has_datasets(table) else []) + ["Method"]
+    header = lead + _flat_names(table)
+    styled = {BEST: "**{}**", SECOND: "<u>{}</u>", "": "{}"}
+    body = [
+        ([(line.dataset if line.first_of_block else "")] if line.dataset is not None else [])
+        + [_md_escape(line.label)]
+        + [styled[c.mark].format(c.text) if c.text else "" for c in line.cells]
+        for line in _lines(table)
+    ]
+    # Padding keeps the raw text readable in a terminal or a diff, not just when rendered.
+    widths = [max(len(row[k]) for row in [header, *body]) for k in range(len(header))]
+    widths = [max(w, 3) for w in widths]
+    left = len(lead)
+
+    def fmt(row: list[str]) -> str:
+        cells = [c.ljust(w) if k < left else c.rjust(w) for k, (c, w) in enumerate(zip(row, widths))]
+        return "| " + " | ".join(cells) + " |"
+
+    rule = "|" + "|".join(
+        (":" + "-" * (w + 1)) if k < left else ("-" * (w + 1) + ":") for k, w in enumerate(widths)
+    ) + "|"
+    return "\n".join([fmt(header), rule, *map(fmt, body)]) + "\n"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _csv(table: pd.DataFrame) -> str:
+    flat = table.copy()
+    flat.attrs = {}
+    flat.columns = _flat_names(table)
+    buf = io.StringIO()
+    flat.reset_index().to_csv(buf, index=False, float_format="%.2f", lineterminator="\n")
+    return buf.getvalue()
+
+
+def _latex(table: pd.DataFrame) -> str:
+    """A booktabs ``tabular`` (needs \\usepackage{booktabs}), two header rows like the paper."""
+    lead = (["Dataset"] if _has_datasets(table) else []) + ["Method"]
+    groups = _groups(table)
+    n_values = len(table.columns)
+    top, rules, bottom, col = list(lead), [], [""] * len(lead), len(lead) + 1
+    for attack, metrics in groups:
+        name = r"$\Delta$" if (attack, "") == DELTA else _tex_escape(attack)
+        if len(metrics) > 1:
+            top.append(rf"\multicolumn{{{len(metrics)}}}{{c}}{{{name}}}")
+            rules.append(rf"\cmidrule(lr){{{col}-{col + len(metrics) - 1}}}")
+        else:
+            top.append(name)
+        bottom += metrics or [""]
+        col += max(len(metrics), 1)
+    styled = {BEST: r"\textbf{{{}}}", SECOND: r"\underline{{{}}}", "": "{}"}
+    out = [rf"\begin{{tabular}}{{{'l' * len(lead)}{'r' * n_values}}}", r"\toprule"]
+    out += [" & ".join(top) + r" \\", " ".join(rules), " & ".join(bottom) + r" \\", r"\midrule"]
+    lines = _lines(table)
+    for line in lines:
+        lead_cells = ([_tex_escape(line.dataset) if line.first_of_block else ""] if line.dataset is not None else [])
+        cells = [styled[c.mark].format(c.text) if c.text else "" for c in line.cells]
+        out.append(" & ".join(lead_cells + [_tex_escape(line.label)] + cells) + r" \\")
+        if line.last_of_block and line is not lines[-1]:
+            out.append(r"\midrule")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+_TEX_SPECIALS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def _tex_escape(text: str) -> str:
+    return "".join(_TEX_SPECIALS.get(ch, ch) for ch in text)
+
+
+def _html(table: pd.DataFrame) -> str:
+    lead = (["Dataset"] if _has_datasets(table) else []) + ["Method"]
+    top = [f'<th rowspan="2">{name}</th>' for name in lead]
+    bottom = []
+    for attack, metrics in _groups(table):
+        if metrics:
+            top.append(f'<th colspan="{len(metrics)}">{html.escape(attack)}</th>')
+            bottom += [f"<th>{m}</th>" for m in metrics]
+        else:
+            top.append(f'<th rowspan="2">{html.escape(attack)}</th>')
+    styled = {BEST: "<b>{}</b>", SECOND: "<u>{}</u>", "": "{}"}
+    lines = _lines(table)
+    block_sizes = _block_sizes(lines)
+    rows = []
+    for line in lines:
+        cells = []
+        if line.dataset is not None and line.first_of_block:
+            cells.append(f'<th rowspan="{block_sizes[line.dataset]}">{html.escape(line.dataset)}</th>')
+        cells.append(f"<th>{html.escape(line.label)}</th>")
+        cells += [f"<td>{styled[c.mark].format(html.escape(c.text))}</td>" for c in line.cells]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join(
+        ["<table>", "<thead>", "<tr>" + "".join(top) + "</tr>", "<tr>" + "".join(bottom) + "</tr>", "</thead>",
+         "<tbody>", *rows, "</tbody>", "</table>"]
+    ) + "\n"
+
+
+def _block_sizes(lines: list[_Line]) -> dict[str | None, int]:
+    sizes: dict[str | None, int] = {}
+    for line in lines:
+        sizes[line.dataset] = sizes.get(line.dataset, 0) + 1
+    return sizes

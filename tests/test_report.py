@@ -1,0 +1,336 @@
+"""The report layer: metrics.json files -> the paper's Table 1 / Table 2 layout."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from rich.table import Table as RichTable
+
+from bdcli.errors import BdcliError, UsageError
+from bdcli.report import FORMATS, build_table, collect, render, rich_table
+
+
+def record(method: str, attack: str | None, acc: float, asr: float | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "acc": acc, "asr": asr, "method": method, "attack": attack, "dataset": "sst2",
+        "scenario": "transfer", "target": 1, "n_clean": 1821, "n_poison": 912, **extra,
+    }
+
+
+def write(root: Path, folder: str, rec: dict[str, Any]) -> Path:
+    path = root / folder / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+    return path
+
+
+# The brief's 2-attack example: victim ASR 99.89/100.00, FT 94.52/99.71 -> Δ = (5.37 + 0.29) / 2.
+TWO_ATTACKS = [
+    record("victim", "badnets", 0.9105, 0.9989),
+    record("victim", "ripple", 0.9028, 1.0),
+    record("ft", "badnets", 0.9182, 0.9452),
+    record("ft", "ripple", 0.9165, 0.9971),
+]
+FP = [record("fine-pruning", "badnets", 0.9055, 0.2226), record("fine-pruning", "ripple", 0.9046, 0.2704)]
+OURS = [
+    record("maxent", "badnets", 0.9075, 0.1945, label="Ours"),
+    record("maxent", "ripple", 0.9023, 0.2357, label="Ours"),
+]
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    for i, rec in enumerate(TWO_ATTACKS):
+        write(tmp_path, f"{rec['method']}-{rec['attack']}-{i}", rec)
+    return tmp_path
+
+
+# ---------------------------------------------------------------------------------------- collect
+
+
+def test_collect_finds_files_recursively_sorted_and_skips_dot_folders(tmp_path: Path) -> None:
+    write(tmp_path, "b/deep/er", record("ft", "sos", 0.9, 0.5))
+    write(tmp_path, "a", record("ft", "badnets", 0.9, 0.5))
+    write(tmp_path, "a/.tmp-run", record("ft", "ep", 0.9, 0.5))  # an unfinished output
+    write(tmp_path, ".hidden/x", record("ft", "ep", 0.9, 0.5))
+    recs = collect([tmp_path])
+    assert [Path(r["path"]) for r in recs] == [
+        tmp_path / "a" / "metrics.json",
+        tmp_path / "b" / "deep" / "er" / "metrics.json",
+    ]
+    assert recs[0]["attack"] == "badnets"
+
+
+def test_collect_takes_files_and_keeps_argument_order_without_duplicates(tmp_path: Path) -> None:
+    a = write(tmp_path, "a", record("ft", "badnets", 0.9, 0.5))
+    b = write(tmp_path, "b", record("ft", "sos", 0.9, 0.5))
+    recs = collect([b, tmp_path, a])
+    assert [r["path"] for r in recs] == [str(b), str(a)]
+
+
+def test_collect_searches_below_a_dot_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "." itself starts with a dot; only folders below the given one are skipped.
+    write(tmp_path, "run", record("ft", "badnets", 0.9, 0.5))
+    monkeypatch.chdir(tmp_path)
+    assert len(collect([Path(".")])) == 1
+
+
+def test_collect_missing_path_names_it(tmp_path: Path) -> None:
+    with pytest.raises(BdcliError, match="nope"):
+        collect([tmp_path / "nope"])
+
+
+def test_collect_nothing_found(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BdcliError, match="no metrics.json under"):
+        collect([tmp_path / "empty"])
+
+
+def test_collect_broken_json_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "x" / "metrics.json"
+    bad.parent.mkdir()
+    bad.write_text('{"acc": 0.9,')
+    with pytest.raises(BdcliError, match=str(bad).replace("\\", "\\\\")):
+        collect([tmp_path])
+
+
+@pytest.mark.parametrize("content", ['{"asr": 0.5}', "[1, 2]", '{"acc": "high"}', '{"acc": 1.5}'])
+def test_collect_rejects_records_without_acc(tmp_path: Path, content: str) -> None:
+    (tmp_path / "metrics.json").write_text(content)
+    with pytest.raises(BdcliError, match="metrics.json"):
+        collect([tmp_path])
+
+
+def test_user_errors_have_the_cli_exit_codes(tmp_path: Path) -> None:
+    with pytest.raises(BdcliError) as missing:
+        collect([tmp_path / "nope"])
+    with pytest.raises(UsageError) as fmt:
+        render(build_table(TWO_ATTACKS), "xlsx")
+    assert (missing.value.exit_code, fmt.value.exit_code) == (1, 2)
+
+
+# ------------------------------------------------------------------------------------ build_table
+
+
+def test_two_attack_example_values_and_delta(runs: Path) -> None:
+    table = build_table(collect([runs]))
+    assert list(table.index) == ["Victim", "FT"]
+    assert table.index.name == "Method"
+    assert list(table.columns) == [("BadNets", "ACC"), ("BadNets", "ASR"), ("RIPPLe", "ACC"), ("RIPPLe", "ASR"), ("Δ", "")]
+    assert table.loc["Victim"].tolist()[:4] == [91.05, 99.89, 90.28, 100.0]
+    assert table.loc["FT"].tolist() == [91.82, 94.52, 91.65, 99.71, 2.83]
+    assert math.isnan(table.loc["Victim", ("Δ", "")])
+    assert table.attrs["victims"] == ["Victim"]
+
+
+def test_rows_and_columns_follow_the_paper_order() -> None:
+    attacks = ["custom", "neuba", "ep", "stylebkd", "hiddenkiller", "sos", "ripples", "ripple", "addsent", "badnets"]
+    methods = ["zeta", "maxent", "fine-pruning", "freelb", "fth", "ft", "victim", "alpha"]
+    recs = [record(m, a, 0.9, 0.5) for m in methods for a in attacks]
+    table = build_table(recs)
+    assert list(table.index) == ["Victim", "FT", "FTH", "FreeLB", "FP", "zeta", "MaxEnt", "alpha"]
+    assert list(dict.fromkeys(table.columns.get_level_values(0))) == [
+        "BadNets", "AddSent", "RIPPLe", "RIPPLES", "SOS", "HiddenKiller", "StyleBkd", "EP", "NeuBA", "custom", "Δ",
+    ]
+
+
+def test_label_overrides_the_method_name_but_not_its_place() -> None:
+    recs = [
+        record("maxent", "badnets", 0.9, 0.2, label="maxent (SD 0.01)"),
+        record("maxent", "badnets", 0.9, 0.3, label=None),
+        record("ft", "badnets", 0.9, 0.9),
+    ]
+    assert list(build_table(recs).index) == ["FT", "maxent (SD 0.01)", "MaxEnt"]
+
+
+def test_delta_is_blank_without_a_victim_and_uses_only_shared_attacks() -> None:
+    recs = [
+        record("victim", "badnets", 0.9, 1.0),
+        record("ft", "badnets", 0.9, 0.9),
+        record("ft", "sos", 0.9, 0.0),  # the victim has no SOS result: not part of Δ
+        record("ft", "ep", 0.9, None),  # no poisoned test set: no ASR, not part of Δ
+        record("fth", "sos", 0.9, 0.1),
+    ]
+    table = build_table(recs)
+    assert table.loc["FT", ("Δ", "")] == 10.0
+    assert math.isnan(table.loc["FTH", ("Δ", "")])
+    assert math.isnan(table.loc["FT", ("EP", "ASR")])
+    md = render(table, "markdown")
+    assert md.splitlines()[-1].split("|")[-2].strip() == ""  # FTH: blank Δ
+    assert md.splitlines()[2].split("|")[-2].strip() == "-"  # Victim: dash
+
+
+def test_clean_records_get_an_accuracy_column_in_front() -> None:
+    recs = [record("victim", None, 0.9215, None), record("victim", "badnets", 0.91, 0.99)]
+    table = build_table(recs)
+    assert list(table.columns)[:2] == [("Clean", "ACC"), ("BadNets", "ACC")]
+    assert table.loc["Victim", ("Clean", "ACC")] == 92.15
+
+
+def test_several_datasets_get_a_dataset_level_and_their_own_victim() -> None:
+    recs = TWO_ATTACKS + [
+        record("victim", "badnets", 0.9143, 0.9979, dataset="ag_news"),
+        record("ft", "badnets", 0.9168, 0.8968, dataset="ag_news"),
+        record("fth", "badnets", 0.9167, 0.4230, dataset="ag_news"),
+    ]
+    table = build_table(recs)
+    assert table.index.names == ["Dataset", "Method"]
+    assert list(table.index) == [("SST-2", "Victim"), ("SST-2", "FT"), ("AG", "Victim"), ("AG", "FT"), ("AG", "FTH")]
+    assert table.loc[("AG", "FT"), ("Δ", "")] == 10.11
+    assert table.loc[("AG", "FTH"), ("Δ", "")] == 57.49
+    marks = table.attrs["marks"]
+    # Winners are per data set: SST-2's only defense wins there even though AG's FTH is lower.
+    assert marks.loc[("SST-2", "FT"), ("BadNets", "ASR")] == "best"
+    assert marks.loc[("AG", "FTH"), ("BadNets", "ASR")] == "best"
+    assert marks.loc[("AG", "FT"), ("BadNets", "ASR")] == "second"
+    md = render(table, "markdown").splitlines()
+    assert md[0].startswith("| Dataset | Method |")
+    assert [line.split("|")[1].strip() for line in md[2:]] == ["SST-2", "", "AG", "", ""]
+
+
+def test_duplicate_records_are_ambiguous(tmp_path: Path) -> None:
+    write(tmp_path, "one", record("ft", "badnets", 0.9, 0.5))
+    write(tmp_path, "two", record("ft", "badnets", 0.8, 0.4, scenario="outsourcing"))
+    with pytest.raises(BdcliError, match=r"ambiguous.*one.*two.*'FT'.*SST-2 / BadNets"):
+        build_table(collect([tmp_path]))
+
+
+def test_two_victim_rows_in_one_dataset_are_ambiguous() -> None:
+    recs = [record("victim", "badnets", 0.9, 1.0), record("victim", "sos", 0.9, 1.0, label="Victim 2")]
+    with pytest.raises(BdcliError, match="two victim rows"):
+        build_table(recs)
+
+
+def test_build_table_checks_records_it_did_not_collect() -> None:
+    with pytest.raises(BdcliError, match="acc"):
+        build_table([{"method": "ft", "attack": "badnets", "path": "x/metrics.json"}])
+    with pytest.raises(BdcliError, match="no results"):
+        build_table([])
+
+
+# The SST-2 block of the paper's Table 1 (transfer learning), ACC/ASR per attack, and its Δ column.
+PAPER_ATTACKS = ["badnets", "ripple", "ripples", "sos", "hiddenkiller", "stylebkd"]
+PAPER_SST2 = {
+    ("victim", None): [91.05, 99.89, 90.28, 100.00, 90.61, 100.00, 91.10, 100.00, 87.26, 98.57, 88.69, 93.05],
+    ("ft", None): [91.82, 94.52, 91.65, 99.71, 91.59, 100.00, 91.63, 100.00, 91.74, 51.38, 91.33, 77.84],
+    ("fth", None): [91.75, 56.75, 91.42, 75.81, 91.75, 96.03, 91.58, 99.82, 91.91, 34.85, 91.54, 64.13],
+    ("freelb", None): [91.69, 60.83, 92.04, 96.10, 91.55, 99.74, 91.78, 99.98, 91.75, 47.19, 91.86, 69.09],
+    ("fine-pruning", None): [90.55, 22.26, 90.46, 27.04, 90.35, 82.61, 90.35, 58.68, 90.60, 39.28, 90.06, 68.50],
+    ("maxent", "Ours-lite"): [90.88, 21.54, 90.74, 33.22, 91.26, 79.17, 91.37, 85.15, 90.35, 41.51, 91.40, 48.52],
+    ("maxent", "Ours"): [90.75, 19.45, 90.23, 23.57, 91.00, 82.28, 91.38, 62.52, 91.30, 37.13, 91.44, 45.85],
+}
+PAPER_SST2_DELTA = [11.34, 27.35, 19.76, 48.86, 47.07, 53.45]
+# Bold (best) / underlined (second) cells of that block: (row, attack) -> mark.
+PAPER_SST2_MARKS = {
+    ("FTH", "HiddenKiller"): "best", ("FP", "RIPPLe"): "second", ("FP", "SOS"): "best",
+    ("FP", "Δ"): "second", ("Ours-lite", "BadNets"): "second", ("Ours-lite", "RIPPLES"): "best",
+    ("Ours-lite", "StyleBkd"): "second", ("Ours", "BadNets"): "best", ("Ours", "RIPPLe"): "best",
+    ("Ours", "RIPPLES"): "second", ("Ours", "SOS"): "second", ("Ours", "HiddenKiller"): "second",
+    ("Ours", "StyleBkd"): "best", ("Ours", "Δ"): "best",
+}
+
+
+def test_reproduces_the_papers_table_1_sst2_block() -> None:
+    recs = [
+        record(method, attack, values[2 * k] / 100, values[2 * k + 1] / 100, label=label)
+        for (method, label), values in PAPER_SST2.items()
+        for k, attack in enumerate(PAPER_ATTACKS)
+    ]
+    table = build_table(recs)
+    assert list(table.index) == ["Victim", "FT", "FTH", "FreeLB", "FP", "Ours-lite", "Ours"]
+    assert table.iloc[:, :-1].values.tolist() == list(PAPER_SST2.values())
+    assert table[("Δ", "")].tolist()[1:] == PAPER_SST2_DELTA
+    marks = table.attrs["marks"]
+    found = {
+        (row, attack): marks.loc[row, (attack, metric)]
+        for row in marks.index
+        for attack, metric in marks.columns
+        if marks.loc[row, (attack, metric)]
+    }
+    assert found == PAPER_SST2_MARKS
+
+
+# ------------------------------------------------------------------------------------------ render
+
+TWO_ATTACK_MARKDOWN = """\
+| Method | BadNets ACC | BadNets ASR | RIPPLe ACC | RIPPLe ASR |        Δ |
+|:-------|------------:|------------:|-----------:|-----------:|---------:|
+| Victim |       91.05 |       99.89 |      90.28 |     100.00 |        - |
+| FT     |       91.82 |   **94.52** |      91.65 |  **99.71** | **2.83** |
+"""
+
+
+def test_markdown_of_the_two_attack_example(runs: Path) -> None:
+    assert render(build_table(collect([runs])), "markdown") == TWO_ATTACK_MARKDOWN
+
+
+def test_markdown_marks_best_and_second() -> None:
+    md = render(build_table(TWO_ATTACKS + FP + OURS), "markdown").splitlines()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md[2:]}
+    assert rows["FT"] == ["91.82", "94.52", "91.65", "99.71", "2.83"]
+    assert rows["FP"] == ["90.55", "<u>22.26</u>", "90.46", "<u>27.04</u>", "<u>75.30</u>"]
+    assert rows["Ours"] == ["90.75", "**19.45**", "90.23", "**23.57**", "**78.44**"]
+    assert rows["Victim"][1] == "99.89"  # the victim never competes
+
+
+def test_ties_share_a_mark() -> None:
+    recs = [record("victim", "sos", 0.9, 1.0)] + [record(m, "sos", 0.9, 0.5) for m in ("ft", "fth")]
+    recs.append(record("freelb", "sos", 0.9, 0.7))
+    marks = build_table(recs).attrs["marks"][("SOS", "ASR")]
+    assert marks.tolist() == ["", "best", "best", "second"]
+
+
+def test_csv_round_trips_with_plain_numbers() -> None:
+    text = render(build_table(TWO_ATTACKS + OURS), "csv")
+    assert "**" not in text and "<u>" not in text
+    back = pd.read_csv(io.StringIO(text))
+    assert list(back.columns) == ["Method", "BadNets ACC", "BadNets ASR", "RIPPLe ACC", "RIPPLe ASR", "Δ"]
+    assert back["Method"].tolist() == ["Victim", "FT", "Ours"]
+    assert back["BadNets ASR"].tolist() == [99.89, 94.52, 19.45]
+    assert back["Δ"].tolist()[1:] == [2.83, 78.44]
+    assert math.isnan(back["Δ"][0])  # victim: empty, so the column stays numeric
+
+
+def test_latex_and_html_mark_winners() -> None:
+    table = build_table(TWO_ATTACKS + FP + OURS)
+    tex = render(table, "latex")
+    assert r"\multicolumn{2}{c}{BadNets}" in tex and r"$\Delta$" in tex
+    assert r"FP & 90.55 & \underline{22.26} & 90.46 & \underline{27.04} & \underline{75.30} \\" in tex
+    assert r"Ours & 90.75 & \textbf{19.45}" in tex
+    assert r"Victim & 91.05 & 99.89 & 90.28 & 100.00 & - \\" in tex
+    page = render(table, "html")
+    assert '<th colspan="2">RIPPLe</th>' in page
+    assert "<td><b>19.45</b></td>" in page and "<td><u>22.26</u></td>" in page
+
+
+def test_latex_escapes_labels() -> None:
+    tex = render(build_table([record("maxent", "badnets", 0.9, 0.1, label="ours_50%")]), "latex")
+    assert r"ours\_50\%" in tex
+
+
+def test_unknown_format_lists_the_formats() -> None:
+    with pytest.raises(UsageError, match="markdown, csv, latex, html"):
+        render(build_table(TWO_ATTACKS), "pdf")
+    assert FORMATS == ("markdown", "csv", "latex", "html")
+
+
+def test_rich_table_styles_winners() -> None:
+    out = rich_table(build_table(TWO_ATTACKS + FP + OURS), title="SST-2")
+    assert isinstance(out, RichTable)
+    assert out.row_count == 4
+    asr = out.columns[2]  # Method, BadNets ACC, BadNets ASR
+    assert [(c.plain, str(c.style)) for c in asr.cells] == [
+        ("99.89", ""), ("94.52", ""), ("22.26", "underline"), ("19.45", "bold"),
+    ]
+
+
+def test_marks_follow_a_sliced_table() -> None:
+    table = build_table(TWO_ATTACKS + FP + OURS)
+    md = render(table.loc[["Ours", "FP"]], "markdown")
+    assert "**19.45**" in md and "<u>22.26</u>" in md
