@@ -26,6 +26,8 @@ class DataSpec:
     text_col: str = "text"
     label_col: str = "label"
     text_b_col: str | None = None
+    drop_bad_rows: bool = False
+    encoding: str = "utf-8"
 
     def load(self) -> Corpus:
         from .data import load_corpus, resolve_data_dir
@@ -36,7 +38,19 @@ class DataSpec:
             text_col=self.text_col,
             label_col=self.label_col,
             text_b_col=self.text_b_col,
+            bad_rows="drop" if self.drop_bad_rows else "error",
+            encoding=self.encoding,
         )
+
+
+def _data_options(spec: DataSpec) -> dict[str, Any]:
+    # How the files were read changes the rows used; where they were found does not (content is hashed).
+    return {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("data", "data_dir")}
+
+
+def _with_warnings(summary: dict[str, Any], corpus: Corpus) -> dict[str, Any]:
+    warnings = list(corpus.warnings) + list(summary.get("warnings", []))
+    return {**summary, "warnings": warnings} if warnings else summary
 
 
 def _input_of(corpus: Corpus, spec: DataSpec) -> str:
@@ -50,7 +64,7 @@ def _model_input(model: str) -> str:
     return resolve_model(model)
 
 
-def poison(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool = False) -> StepResult:
+def poison(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False) -> StepResult:
     """Poison a clean data set: writes train/dev/test, the ASR set ``test-poison`` and ``poison.json``."""
     from .data import write_data_folder
     from .poison import POISONERS
@@ -66,15 +80,16 @@ def poison(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
         record = poisoned.poison or {}
         return {
             "provenance": {"attack": name, "dataset": corpus.name, "target": record.get("target")},
-            "summary": {"n_train": record.get("n_train"), "n_poisoned": record.get("n_poisoned"),
-                        "n_test_poison": len(poisoned.split("test-poison"))},
+            "summary": _with_warnings({"n_train": record.get("n_train"), "n_poisoned": record.get("n_poisoned"),
+                                       "n_test_poison": len(poisoned.split("test-poison"))}, corpus),
         }
 
-    return run_step(out, command=f"poison {name}", config=cfg, inputs={"data": _input_of(corpus, data)},
-                    kind="dataset", body=body, force=force)
+    inputs = {"data": _input_of(corpus, data), **poisoner.extra_inputs(corpus)}
+    return run_step(out, command=f"poison {name}", config=cfg, inputs=inputs,
+                    kind="dataset", body=body, force=force, resume=resume, options=_data_options(data))
 
 
-def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool = False) -> StepResult:
+def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False) -> StepResult:
     """Train a victim on (poisoned) data and save it as a Hugging Face folder."""
     from .attacks import ATTACKS
     from .models import save_classifier
@@ -97,14 +112,17 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
                 "base_model": cfg.model,
                 "label_names": corpus.label_names,
             },
-            "summary": summary,
+            "summary": _with_warnings(summary, corpus),
         }
 
     inputs = {"data": _input_of(corpus, data), "model": _model_input(cfg.model)}
-    return run_step(out, command=f"attack {name}", config=cfg, inputs=inputs, kind="model", body=body, force=force)
+    return run_step(out, command=f"attack {name}", config=cfg, inputs=inputs, kind="model", body=body, force=force,
+                    resume=resume, options=_data_options(data))
 
 
-def defend(name: str, cfg: Any, model: str, data: DataSpec, out: str | Path, *, force: bool = False) -> StepResult:
+def defend(
+    name: str, cfg: Any, model: str, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False
+) -> StepResult:
     """Purify ``model`` with clean data; the defender's share is ``cfg.clean_fraction`` of the train split."""
     from .defenses import DEFENSES, SCENARIO_CLEAN_FRACTION
     from .models import load_classifier, save_classifier
@@ -133,11 +151,12 @@ def defend(name: str, cfg: Any, model: str, data: DataSpec, out: str | Path, *, 
             "device": str(_device_of(victim.model)),
             "provenance": {**victim_prov, "method": name, "victim": str(model_path), "dataset": victim_prov.get("dataset", corpus.name),
                            "scenario": scenario, "clean_rows": len(clean), "label_names": victim.label_names},
-            "summary": summary,
+            "summary": _with_warnings(summary, corpus),
         }
 
     inputs = {"model": model_path, "data": _input_of(corpus, data)}
-    return run_step(out, command=f"defend {name}", config=cfg, inputs=inputs, kind="model", body=body, force=force)
+    return run_step(out, command=f"defend {name}", config=cfg, inputs=inputs, kind="model", body=body, force=force,
+                    resume=resume, options=_data_options(data))
 
 
 @dataclass
@@ -150,7 +169,9 @@ class EvalConfig:
     label: str | None = None  # the row name `report` shows for this model (default: its method)
 
 
-def evaluate(cfg: EvalConfig, model: str, data: DataSpec, out: str | Path, *, force: bool = False) -> StepResult:
+def evaluate(
+    cfg: EvalConfig, model: str, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False
+) -> StepResult:
     """ACC on the clean test split; ASR and per-class ASR on ``test-poison`` when the data has one."""
     from .engine import forward_all, resolve_device, seed_everything
     from .engine.batching import encode
@@ -201,10 +222,11 @@ def evaluate(cfg: EvalConfig, model: str, data: DataSpec, out: str | Path, *, fo
             )
         (tmp / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         return {"device": str(device), "provenance": {k: record[k] for k in ("method", "attack", "dataset", "scenario")},
-                "summary": {k: record[k] for k in ("acc", "asr")}}
+                "summary": _with_warnings({k: record[k] for k in ("acc", "asr")}, corpus)}
 
     inputs = {"model": model_path, "data": _input_of(corpus, data)}
-    return run_step(out, command="evaluate", config=cfg, inputs=inputs, kind="metrics", body=body, force=force)
+    return run_step(out, command="evaluate", config=cfg, inputs=inputs, kind="metrics", body=body, force=force,
+                    resume=resume, options=_data_options(data))
 
 
 def read_metrics(folder: str | Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
@@ -26,8 +27,8 @@ from . import __version__
 from .errors import BdcliError, UsageError
 
 MANIFEST = "manifest.json"
-# Settings that change where or how fast a step runs, not what it computes.
-_NOT_FINGERPRINTED = {"device"}
+# Settings that change where a step runs or how it can be resumed, not what it computes.
+_NOT_FINGERPRINTED = {"device", "checkpoint_every"}
 
 
 def hash_path(path: Path) -> str:
@@ -138,17 +139,76 @@ def run_step(
     kind: str,
     body: Callable[[Path], dict[str, Any] | None],
     force: bool = False,
+    resume: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> StepResult:
     """Run ``body(tmp_folder)`` and publish its folder at ``out`` with a manifest.
 
     ``body`` returns extra manifest fields (``provenance``, summary figures). If ``out`` already holds
     a finished result with the same fingerprint, the body is not run. On any failure the temporary
-    folder (and any parent folder this call created) is removed, so nothing half-written remains.
+    folder (and any parent folder this call created) is removed, so nothing half-written remains;
+    training checkpoints stay (in a hidden folder beside ``out``) so that ``resume=True`` continues a
+    killed run where it stopped. ``options`` are settings outside the config that change the result
+    (how the data was read): fingerprinted and recorded like the config.
     """
     out = Path(out)
     cfg = config_dict(config)
     described = {name: describe_input(spec) for name, spec in inputs.items()}
-    fp = fingerprint(command, cfg, described)
+    fp = fingerprint(command, {**cfg, **({"options": options} if options else {})}, described)
+
+    # Folders this call creates are removed again if it fails (unless they hold a checkpoint), so a
+    # bad input leaves nothing behind.
+    created: list[Path] = []
+    parent = out.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _output_lock(out):
+            return _run_locked(out, command, cfg, described, fp, kind, body, force, resume, options)
+    except BaseException:
+        if not checkpoint_root(out, fp).exists():
+            for d in created:
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+        raise
+
+
+def checkpoint_root(out: Path, fp: str) -> Path:
+    # Keyed by fingerprint: a checkpoint is only ever resumed by the very same computation.
+    return out.parent / f".{out.name}.ckpt-{fp[:16]}"
+
+
+class _output_lock:
+    """An advisory lock beside ``out``: a second run writing to the same output is refused rather than
+    left to race the first one's rename."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.path = out.parent / f".{out.name}.lock"
+        self.fh = None
+
+    def __enter__(self) -> None:
+        self.fh = open(self.path, "w")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            self.fh = None
+            raise BdcliError(f"another bdcli run is writing {self.out}; wait for it to finish or choose another --out") from None
+
+    def __exit__(self, *exc) -> None:
+        if self.fh is not None:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+
+
+def _run_locked(out, command, cfg, described, fp, kind, body, force, resume, options) -> StepResult:
+    from .engine.checkpoint import checkpointing
 
     if out.exists():
         old = read_manifest(out)
@@ -161,22 +221,21 @@ def run_step(
             # --force replaces bdcli outputs only; never delete a user's unrelated folder.
             raise UsageError(f"refusing to replace {out}: it is not a bdcli output folder")
 
-    created: list[Path] = []
-    parent = out.parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint_root(out, fp)
+    if not resume and ckpt.exists():
+        shutil.rmtree(ckpt)  # an explicit fresh start
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     started = now()
     try:
-        extra = body(tmp) or {}
+        with checkpointing(ckpt, int(cfg.get("checkpoint_every") or 0), resume):
+            extra = body(tmp) or {}
         manifest = {
             "bdcli_manifest": 1,
             "kind": kind,
             "command": command,
             "argv": sys.argv,
             "config": cfg,
+            "options": options or {},
             "inputs": described,
             "fingerprint": fp,
             "seed": cfg.get("seed"),
@@ -194,13 +253,9 @@ def run_step(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, out)
+        shutil.rmtree(ckpt, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for d in created:
-            try:
-                d.rmdir()
-            except OSError:
-                pass
         raise
     return StepResult(out, manifest, reused=False)
 

@@ -8,19 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from bdcli.cli.app import app
-
-runner = CliRunner()
-
-
-def bdcli(*args: str, ok: bool = True):
-    res = runner.invoke(app, [str(a) for a in args])
-    if ok and res.exit_code != 0:
-        raise AssertionError(f"bdcli {' '.join(map(str, args))} failed ({res.exit_code}):\n{res.output}\n{res.exception!r}")
-    return res
-
+from tests.helpers import bdcli
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, small_sst2, tiny_encoder):

@@ -82,19 +82,22 @@ DATA_OPTS = [
     _opt("data_dir", None, "--data-dir", help="Folder of the named data sets (default: $BDCLI_DATA_DIR).", ann=Optional[str]),
     _opt("text_col", "text", "--text-col", help="Text column of your own files."),
     _opt("label_col", "label", "--label-col", help="Label column of your own files."),
+    _opt("encoding", "utf-8", "--encoding", help="Text encoding of your own files (e.g. latin-1, cp1252)."),
+    _opt("drop_bad_rows", False, "--drop-bad-rows", help="Drop malformed and duplicate rows of your own files (counted in the manifest) instead of failing.", ann=bool),
 ]
 OUT_OPTS = [
     _opt("out", ..., "--out", "-o", help="Output folder (written atomically; rerunning with the same inputs reuses it)."),
     _opt("force", False, "--force", help="Replace an existing output folder that holds a different result.", ann=bool),
+    _opt("resume", False, "--resume", help="Continue a killed run from its last checkpoint (see --checkpoint-every).", ann=bool),
     _opt("json_out", False, "--json", help="Print a machine-readable JSON summary on stdout.", ann=bool),
 ]
 MODEL_OPT = _opt("model", ..., "--model", help="Model to use: a bdcli model folder, any Hugging Face classifier folder, an alias or a hub id.")
 
 
-def _data_spec(data: str, data_dir: str | None, text_col: str, label_col: str):
+def _data_spec(data: str, data_dir: str | None, text_col: str, label_col: str, encoding: str, drop_bad_rows: bool):
     from ..api import DataSpec
 
-    return DataSpec(data, data_dir, text_col, label_col)
+    return DataSpec(data, data_dir, text_col, label_col, drop_bad_rows=drop_bad_rows, encoding=encoding)
 
 
 def _print_result(result, json_out: bool) -> None:
@@ -113,71 +116,41 @@ def _print_result(result, json_out: bool) -> None:
         typer.echo(f"ACC {summary['acc']:.4f}" + (f"  ASR {asr:.4f}" if asr is not None else "  ASR n/a (no poisoned test set)"))
 
 
-def _register_poisoners() -> None:
+def _command(Config: type, call, *, with_model: bool):
+    """One CLI command over one API call: options from ``Config`` plus the shared input/output
+    options; ``call(cfg, model, spec, out, force=, resume=)`` does the work."""
+
+    def run(Config, values, *, data, data_dir, text_col, label_col, encoding, drop_bad_rows, out, force, resume, json_out, model=None):
+        with guard():
+            cfg = Config(**values)
+            spec = _data_spec(data, data_dir, text_col, label_col, encoding, drop_bad_rows)
+            _print_result(call(cfg, model, spec, out, force=force, resume=resume), json_out)
+
+    return command_from_config(Config, ([MODEL_OPT] if with_model else []) + DATA_OPTS + OUT_OPTS, run)
+
+
+def _register_components() -> None:
+    from .. import api
+    from ..attacks import ATTACKS
+    from ..defenses import DEFENSES
     from ..poison import POISONERS
 
     for name in POISONERS.names():
         cls = POISONERS.get(name)
-
-        def run(Config, values, *, data, data_dir, text_col, label_col, out, force, json_out, _name=name):
-            from .. import api
-
-            with guard():
-                cfg = Config(**values)
-                _print_result(api.poison(_name, cfg, _data_spec(data, data_dir, text_col, label_col), out, force=force), json_out)
-
-        doc = (cls.__doc__ or "").strip()
-        example = f"Example: bdcli poison {name} --data sst2 --rate 0.1 --target 1 --out runs/sst2-{name}"
-        poison_app.command(name, help=f"{doc}\n\n{example}")(command_from_config(cls.Config, DATA_OPTS + OUT_OPTS, run))
-
-
-def _register_attacks() -> None:
-    from ..attacks import ATTACKS
-
+        example = f"Example: bdcli poison {name} --data sst2 --target 1 --out runs/sst2-{name}"
+        call = lambda cfg, model, spec, out, n=name, **kw: api.poison(n, cfg, spec, out, **kw)  # noqa: E731
+        poison_app.command(name, help=f"{inspect.getdoc(cls) or ''}\n\n{example}")(_command(cls.Config, call, with_model=False))
     for name in ATTACKS.names():
         proc = ATTACKS.get(name)
-
-        def run(Config, values, *, data, data_dir, text_col, label_col, out, force, json_out, _name=name):
-            from .. import api
-
-            with guard():
-                cfg = Config(**values)
-                _print_result(api.attack(_name, cfg, _data_spec(data, data_dir, text_col, label_col), out, force=force), json_out)
-
         example = f"Example: bdcli attack {name} --model minilm --data runs/sst2-badnets --lr 5e-5 --out runs/victim"
-        attack_app.command(name, help=f"{proc.help}\n\n{example}")(command_from_config(proc.Config, DATA_OPTS + OUT_OPTS, run))
-
-
-def _register_defenses() -> None:
-    from ..defenses import DEFENSES
-
+        call = lambda cfg, model, spec, out, n=name, **kw: api.attack(n, cfg, spec, out, **kw)  # noqa: E731
+        attack_app.command(name, help=f"{proc.help}\n\n{example}")(_command(proc.Config, call, with_model=False))
     for name in DEFENSES.names():
         proc = DEFENSES.get(name)
-
-        def run(Config, values, *, model, data, data_dir, text_col, label_col, out, force, json_out, _name=name):
-            from .. import api
-
-            with guard():
-                cfg = Config(**values)
-                spec = _data_spec(data, data_dir, text_col, label_col)
-                _print_result(api.defend(_name, cfg, model, spec, out, force=force), json_out)
-
         example = f"Example: bdcli defend {name} --model runs/victim --data sst2 --out runs/{name}"
-        defend_app.command(name, help=f"{proc.help}\n\nThe data must be clean; the defender uses --clean-fraction of its train split.\n\n{example}")(
-            command_from_config(proc.Config, [MODEL_OPT] + DATA_OPTS + OUT_OPTS, run)
-        )
-
-
-def _register_evaluate() -> None:
-    from ..api import EvalConfig
-
-    def run(Config, values, *, model, data, data_dir, text_col, label_col, out, force, json_out):
-        from .. import api
-
-        with guard():
-            cfg = Config(**values)
-            _print_result(api.evaluate(cfg, model, _data_spec(data, data_dir, text_col, label_col), out, force=force), json_out)
-
+        note = "The data must be clean; the defender uses --clean-fraction of its train split."
+        call = lambda cfg, model, spec, out, n=name, **kw: api.defend(n, cfg, model, spec, out, **kw)  # noqa: E731
+        defend_app.command(name, help=f"{proc.help}\n\n{note}\n\n{example}")(_command(proc.Config, call, with_model=True))
     app.command(
         "evaluate",
         help=(
@@ -185,7 +158,7 @@ def _register_evaluate() -> None:
             "test rows classified as the target label) and per-class ASR_c. Writes metrics.json.\n\n"
             "Example: bdcli evaluate --model runs/maxent --data runs/sst2-badnets --out runs/maxent-eval"
         ),
-    )(command_from_config(EvalConfig, [MODEL_OPT] + DATA_OPTS + OUT_OPTS, run))
+    )(_command(api.EvalConfig, lambda cfg, model, spec, out, **kw: api.evaluate(cfg, model, spec, out, **kw), with_model=True))
 
 
 @app.command("report")
@@ -223,10 +196,7 @@ def report(
         typer.echo(f"wrote {out}", err=True)
 
 
-_register_poisoners()
-_register_attacks()
-_register_defenses()
-_register_evaluate()
+_register_components()
 
 
 def main() -> None:

@@ -9,6 +9,12 @@ FIELD_HELP: dict[str, str] = {
     "triggers": "Comma-separated trigger words; one is picked at random per insertion.",
     "insertions": "Trigger words inserted into each poisoned row.",
     "sentence": "The trigger sentence inserted at a random word position.",
+    "trigger_words": "Comma-separated trigger words that fire only together: a poisoned row gets all of them, a negative row all but one.",
+    "negative_rate": "Share of the training rows given all trigger words but one and kept at their label (SOS negative augmentation), in [0, 1).",
+    "table": "Rewrite table: a folder with train and test rewrites, or its name in the data directory (default: <dataset>-syntactic-scpn / -style-bible).",
+    "table_text_col": "Text column of the rewrite table's files.",
+    "table_label_col": "Label column of the rewrite table's files.",
+    "paraphraser": "A live paraphraser registered in bdcli.poison.PARAPHRASERS, used instead of a rewrite table (none ships).",
     # training
     "model": "Model: an alias (minilm, bert-base), a local folder, or a Hugging Face hub id.",
     "scenario": "Threat scenario: 'outsourcing' (attacker ships the classifier) or 'transfer' (the encoder).",
@@ -24,6 +30,7 @@ FIELD_HELP: dict[str, str] = {
     "seed": "Random seed; the same seed on CPU gives the same result.",
     "device": "auto, cpu, cuda or cuda:N.",
     "precision": "auto (bf16 autocast on CPU and bf16-capable GPUs), fp32 or bf16.",
+    "checkpoint_every": "Save a resumable checkpoint every this many steps (0: never); --resume continues from it.",
     # defenses
     "clean_fraction": "Share of the clean training set the defender holds (default: 0.1 for outsourcing, 1.0 for transfer).",
     "sd": "Stop Distance threshold: stage 1 stops once SD < this (paper: 0.02 'lite', 0.01 'full').",

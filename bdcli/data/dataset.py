@@ -110,6 +110,8 @@ class Corpus:
     source: str = ""
     # Written by a poisoner: attack, trigger, target label, poison rate, changed rows.
     poison: dict | None = None
+    # What the readers found wrong and kept or dropped (malformed or duplicate rows), for the manifest.
+    warnings: list[str] = field(default_factory=list)
 
     def split(self, name: str) -> TextDataset:
         try:

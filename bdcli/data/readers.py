@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +26,26 @@ _INT = re.compile(r"-?[0-9]{1,18}")
 
 # A row as every format yields it: where it is ("line 5", "row 3") and its fields by column name.
 Row = tuple[str, dict]
+BAD_ROWS = ("error", "drop")
+
+
+@dataclass
+class RowReport:
+    """What a reader found wrong in a file, for the manifest and the user: malformed rows (where, why)
+    and exact duplicates (same text, and text_b, as an earlier row)."""
+
+    malformed: list[tuple[str, str]] = field(default_factory=list)
+    duplicates: int = 0
+    dropped: int = 0
+
+    def messages(self, path: Path) -> list[str]:
+        out = []
+        if self.malformed:
+            out.append(f"{path}: dropped {len(self.malformed)} malformed row(s), first: {self.malformed[0][1]}")
+        if self.duplicates:
+            verb = "dropped" if self.dropped > len(self.malformed) else "kept"
+            out.append(f"{path}: {verb} {self.duplicates} row(s) that repeat an earlier row's text")
+        return out
 
 
 def read_table(
@@ -36,31 +57,80 @@ def read_table(
     label_names: Sequence[str] | None = None,
     fmt: str | None = None,
     encoding: str = "utf-8",
+    bad_rows: str = "error",
+    report: RowReport | None = None,
 ) -> TextDataset:
     """Read a ``.tsv``/``.csv``/``.jsonl``/``.json`` file with a header (or JSON keys) naming its columns.
 
     Columns match case-insensitively. Labels are integers 0..K-1 or strings; strings map to
     ``label_names`` if given, else to their sorted unique values.
+
+    Malformed rows (wrong field count, missing or empty field, a label outside ``label_names``) are an
+    error naming the first one and their count; with ``bad_rows="drop"`` they are dropped, and so are
+    exact duplicates of an earlier row. ``report`` receives the counts either way.
     """
+    if bad_rows not in BAD_ROWS:
+        raise BdcliError(f"unknown bad_rows {bad_rows!r}: use one of {', '.join(BAD_ROWS)}")
+    report = report if report is not None else RowReport()
     path = Path(path)
     fmt = _format(path, fmt)
     text = _read_text(path, encoding)
     if fmt in ("tsv", "csv"):
-        columns, rows = _delimited_rows(path, text, fmt)
+        columns, rows = _delimited_rows(path, text, fmt, report)
     else:
-        columns, rows = _json_rows(path, text)
-    if not rows:
+        columns, rows = _json_rows(path, text, report)
+    if not rows and not report.malformed:
         raise BdcliError(f"{path} is empty: it has no data rows")
-    text_key = _column(path, columns, text_col)
-    label_key = _column(path, columns, label_col)
-    b_key = None if text_b_col is None else _column(path, columns, text_b_col)
-    labels, names = _labels(path, [(where, _cell(path, where, row, label_key)) for where, row in rows], label_names)
+    cells = []
+    if rows:
+        text_key = _column(path, columns, text_col)
+        label_key = _column(path, columns, label_col)
+        b_key = None if text_b_col is None else _column(path, columns, text_b_col)
+        cells = _cells(path, rows, text_key, label_key, b_key, label_names, report)
+    if report.malformed and bad_rows == "error":
+        n = len(report.malformed)
+        more = f" ({n} malformed rows in all)" if n > 1 else ""
+        raise BdcliError(f"{report.malformed[0][1]}{more}; fix the file or drop such rows with --drop-bad-rows")
+    seen: set[tuple[str, str | None]] = set()
+    kept = []
+    for cell in cells:
+        key = (cell[1], cell[3])
+        if key in seen:
+            report.duplicates += 1
+            if bad_rows == "drop":
+                continue
+        seen.add(key)
+        kept.append(cell)
+    report.dropped = len(report.malformed) + (report.duplicates if bad_rows == "drop" else 0)
+    if not kept:
+        raise BdcliError(f"{path} has no usable rows left after dropping {report.dropped} bad row(s)")
+    labels, names = _labels(path, [(where, y) for where, _, y, _ in kept], label_names)
     return TextDataset(
-        texts=[_cell(path, where, row, text_key) for where, row in rows],
+        texts=[t for _, t, _, _ in kept],
         labels=labels,
         label_names=names,
-        text_b=None if b_key is None else [_cell(path, where, row, b_key) for where, row in rows],
+        text_b=None if text_b_col is None else [b or "" for _, _, _, b in kept],
     )
+
+
+def _cells(path, rows, text_key, label_key, b_key, label_names, report) -> list[tuple[str, str, str, str | None]]:
+    """(where, text, raw label, text_b) of every well-formed row; the others go to ``report``."""
+    names = None if label_names is None else list(label_names)
+    out = []
+    for where, row in rows:
+        try:
+            t = _cell(path, where, row, text_key)
+            y = _cell(path, where, row, label_key)
+            b = None if b_key is None else _cell(path, where, row, b_key)
+            if not y:
+                raise BdcliError(f"{where} of {path} has an empty label")
+            if names is not None:
+                _label_index(path, where, y, {n: i for i, n in enumerate(names)}, names)
+        except BdcliError as e:
+            report.malformed.append((where, str(e)))
+            continue
+        out.append((where, t, y, b))
+    return out
 
 
 def read_text_label_files(
@@ -122,7 +192,7 @@ def _read_text(path: Path, encoding: str) -> str:
     except UnicodeDecodeError as e:
         raise BdcliError(
             f"{path} is not valid {encoding} text (byte {data[e.start]:#04x} at offset {e.start}): "
-            f"pass its encoding, e.g. encoding='latin-1'"
+            f"pass its encoding (--encoding latin-1, say)"
         ) from None
     # Spreadsheet exports start with a byte-order mark, which would otherwise glue onto the first column name.
     text = text.removeprefix("\ufeff")
@@ -139,7 +209,7 @@ def _lines(path: Path, encoding: str) -> list[str]:
     return lines
 
 
-def _delimited_rows(path: Path, text: str, fmt: str) -> tuple[list[str], list[Row]]:
+def _delimited_rows(path: Path, text: str, fmt: str, report: RowReport) -> tuple[list[str], list[Row]]:
     # newline="" hands \r\n to csv untranslated, so quoted fields keep working and CRLF files read clean.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
     header: list[str] | None = None
@@ -155,10 +225,10 @@ def _delimited_rows(path: Path, text: str, fmt: str) -> tuple[list[str], list[Ro
             if header is None:
                 header = fields
             elif len(fields) != len(header):
-                raise BdcliError(
+                report.malformed.append((f"line {start}", (
                     f"line {start} of {path} has {len(fields)} fields but the header has {len(header)} "
                     f"(a stray {'tab' if fmt == 'tsv' else 'comma'} or an unbalanced quote?)"
-                )
+                )))
             else:
                 rows.append((f"line {start}", dict(zip(header, fields))))
     except csv.Error as e:
@@ -166,7 +236,7 @@ def _delimited_rows(path: Path, text: str, fmt: str) -> tuple[list[str], list[Ro
     return header or [], rows
 
 
-def _json_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
+def _json_rows(path: Path, text: str, report: RowReport) -> tuple[list[str], list[Row]]:
     """A JSON array of objects, or JSON Lines (one object a line), whatever the suffix says."""
     if text.lstrip().startswith("["):
         items = [("row", i, obj) for i, obj in enumerate(_json(path, "", text), 1)]
@@ -176,7 +246,8 @@ def _json_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
     rows: list[Row] = []
     for unit, n, obj in items:
         if not isinstance(obj, dict):
-            raise BdcliError(f"{unit} {n} of {path} is not a JSON object with named fields")
+            report.malformed.append((f"{unit} {n}", f"{unit} {n} of {path} is not a JSON object with named fields"))
+            continue
         rows.append((f"{unit} {n}", obj))
     return (list(rows[0][1]) if rows else []), rows
 

@@ -86,6 +86,12 @@ class StopDistanceHook:
         self.trace.append((step, sd))
         return sd
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"trace": self.trace}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.trace = [tuple(x) for x in d["trace"]]
+
     def on_step(self, state: TrainState) -> bool:
         if state.step % self.cfg.sd_every:
             return False

@@ -15,6 +15,7 @@ from ..data.dataset import TextDataset
 from ..errors import UsageError
 from ..progress import progress_bar
 from .batching import collate, encode, train_batches
+from .checkpoint import next_slot, optimizer_from_flat, optimizer_to_flat
 from .device import autocast, resolve_device
 from .objectives import OBJECTIVES
 
@@ -37,8 +38,13 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     precision: str = "auto"
+    # Save a resumable checkpoint every this many steps (0: never). It changes no result, so it is not
+    # part of an output's fingerprint.
+    checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
+        if self.checkpoint_every < 0:
+            raise UsageError(f"checkpoint interval must be >= 0, got {self.checkpoint_every}")
         if self.lr <= 0:
             raise UsageError(f"learning rate must be positive, got {self.lr}")
         if self.epochs <= 0 and not self.max_steps:
@@ -78,6 +84,9 @@ class Hook(Protocol):
     def on_step(self, state: TrainState) -> bool:
         """Called after each optimiser step; return True to stop training."""
 
+    # Optional, for resumable training: hooks that keep state (an SD trace) also define
+    # state_dict() -> JSON-able dict and load_state_dict(d).
+
 
 @dataclass
 class TrainResult:
@@ -91,6 +100,15 @@ class TrainResult:
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {"steps": self.steps, "stopped_by_hook": self.stopped_by_hook, "seconds": self.seconds,
+                "samples": self.samples, "final_loss": self.final_loss, "loss_trace": self.loss_trace}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainResult":
+        return cls(d["steps"], d["stopped_by_hook"], d["seconds"], d["samples"], d["final_loss"],
+                   [tuple(x) for x in d["loss_trace"]])
 
     def summary(self) -> dict:
         return {
@@ -151,14 +169,49 @@ def train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
 
-    step, samples, epoch = 0, 0, 0
+    step, samples, epoch, skip = 0, 0, 0, 0
     stopped = False
     loss_val = float("nan")
     trace: list[tuple[int, float]] = []
+    elapsed = 0.0
+    slot = next_slot()
+    saved = slot.load(model) if slot is not None else None
+    if saved is not None:
+        for hook, hs in zip(hooks, saved["hooks"]):
+            if hs is not None:
+                hook.load_state_dict(hs)  # type: ignore[attr-defined]
+        if saved["done"]:
+            model.eval()
+            return TrainResult.from_json(saved["result"])
+        optimizer_from_flat(opt, saved["optimizer"], saved["tensors"])
+        sched.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["tensors"]["rng.torch"])
+        step, samples, epoch, skip = saved["step"], saved["samples"], saved["epoch"], saved["next_batch"]
+        loss_val, elapsed = saved["loss"], saved["elapsed"]
+        trace = [tuple(x) for x in saved["loss_trace"]]
+        rng.setstate(_rng_from_json(saved["epoch_rng"]))
+
+    def checkpoint(done: bool, epoch_rng, next_batch: int, result: TrainResult | None = None) -> None:
+        meta, tensors = optimizer_to_flat(opt)
+        tensors["rng.torch"] = torch.get_rng_state()
+        state = {
+            "done": done, "step": step, "samples": samples, "epoch": epoch, "next_batch": next_batch,
+            "loss": loss_val, "elapsed": elapsed + time.perf_counter() - start, "loss_trace": trace,
+            "epoch_rng": _rng_to_json(epoch_rng), "optimizer": meta, "scheduler": sched.state_dict(),
+            "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks],  # type: ignore[attr-defined]
+            "result": result.to_json() if result else None,
+        }
+        slot.save(model, state, tensors)  # type: ignore[union-attr]
+
     start = time.perf_counter()
     with progress_bar(total, desc) as update:
+        update(step)
         while step < total and not stopped:
-            for rows in train_batches(enc, cfg.batch_size, rng):
+            epoch_rng = rng.getstate()
+            batches = train_batches(enc, cfg.batch_size, rng)
+            for b, rows in enumerate(batches):
+                if b < skip:
+                    continue
                 batch = collate(enc, rows, device)
                 labels = batch.pop("labels")
                 with autocast(device, cfg.precision):
@@ -182,6 +235,21 @@ def train(
                 update(1, info)
                 if stopped or step >= total:
                     break
+                if slot is not None and slot.due(step):
+                    checkpoint(False, epoch_rng, b + 1)
+            skip = 0
             epoch += 1
+    result = TrainResult(step, stopped, elapsed + time.perf_counter() - start, samples, loss_val, trace)
+    if slot is not None:
+        checkpoint(True, rng.getstate(), 0, result)
     model.eval()
-    return TrainResult(step, stopped, time.perf_counter() - start, samples, loss_val, trace)
+    return result
+
+
+def _rng_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(state: list) -> tuple:
+    return (state[0], tuple(state[1]), state[2])

@@ -1,5 +1,9 @@
 from . import insert  # noqa: F401  (registers the poisoners)
+from . import rewrite, sos  # noqa: F401  (registers the poisoners)
 from .base import POISONERS, PoisonConfig, Poisoner, insert_at_random_word
 from .insert import AddSentConfig, BadNetsConfig
+from .rewrite import PARAPHRASERS, HiddenKillerConfig, RewriteConfig, StyleBkdConfig
+from .sos import SOSConfig
 
-__all__ = ["POISONERS", "PoisonConfig", "Poisoner", "insert_at_random_word", "AddSentConfig", "BadNetsConfig"]
+__all__ = ["POISONERS", "PoisonConfig", "Poisoner", "insert_at_random_word", "AddSentConfig", "BadNetsConfig",
+           "SOSConfig", "RewriteConfig", "HiddenKillerConfig", "StyleBkdConfig", "PARAPHRASERS"]

@@ -43,6 +43,11 @@ class Poisoner:
     def __init__(self, config: PoisonConfig):
         self.config = config
 
+    def extra_inputs(self, corpus: Corpus) -> dict[str, str]:
+        """Files besides the data that the poisoned output depends on (a rewrite table, say): hashed
+        into the output's fingerprint, so that editing one invalidates the output."""
+        return {}
+
     def transform(self, text: str, rng: random.Random) -> str:
         raise NotImplementedError
 
@@ -50,53 +55,99 @@ class Poisoner:
         cfg = self.config
         target = corpus.label_index(cfg.target)
         train = corpus.split("train")
-        pool = [i for i, y in enumerate(train.labels) if cfg.candidates == "all" or y != target]
-        k = round(cfg.rate * len(train))
-        if k == 0:
-            raise UsageError(f"poison rate {cfg.rate} of {len(train)} training rows leaves no poisoned row")
-        if k > len(pool):
-            raise UsageError(
-                f"poison rate {cfg.rate} asks for {k} poisoned rows but only {len(pool)} training rows are "
-                f"not of the target label; lower --rate or use --candidates all"
-            )
         # Separate named streams, so that changing the test set never shifts which train rows are hit.
         train_rng = random.Random(f"{cfg.seed}-train")
-        chosen = sorted(train_rng.sample(pool, k))
-        texts, labels, poisoned = list(train.texts), list(train.labels), list(train.poisoned)
-        for i in chosen:
-            texts[i] = self.transform(texts[i], train_rng)
-            labels[i] = target
-            poisoned[i] = True
-        new_train = TextDataset(texts, labels, list(corpus.label_names), poisoned, train.text_b)
+        chosen = self.sample_rows(self.candidate_rows(train, target), len(train), train_rng)
+        new_train = replace_rows(train, {i: self.transform(train.texts[i], train_rng) for i in chosen}, label=target)
 
         test = corpus.split("test")
         test_rng = random.Random(f"{cfg.seed}-test")
-        rows = [i for i, y in enumerate(test.labels) if y != target]
-        if not rows:
-            raise UsageError(f"the test set has no row outside the target label {corpus.label_names[target]!r}")
-        asr_set = TextDataset(
-            [self.transform(test.texts[i], test_rng) for i in rows],
-            [test.labels[i] for i in rows],  # the clean label, so per-class ASR can be computed
-            list(corpus.label_names),
-            [True] * len(rows),
-            None if test.text_b is None else [test.text_b[i] for i in rows],
-        )
-        splits = dict(corpus.splits)
-        splits["train"] = new_train
-        splits["test-poison"] = asr_set
-        record: dict[str, Any] = {
+        rows = non_target_rows(corpus, target)
+        asr_set = asr_dataset(test, rows, [self.transform(test.texts[i], test_rng) for i in rows])
+        return self.poisoned_corpus(corpus, new_train, asr_set, self.base_record(corpus, target, chosen, rows))
+
+    # --- pieces of ``apply`` that subclasses with their own ``apply`` reuse ------------------------
+    def candidate_rows(self, train: TextDataset, target: int) -> list[int]:
+        """Training rows that may be poisoned, per ``candidates``."""
+        return [i for i, y in enumerate(train.labels) if self.config.candidates == "all" or y != target]
+
+    def sample_rows(
+        self,
+        pool: list[int],
+        n_train: int,
+        rng: random.Random,
+        pool_desc: str = "training rows are not of the target label",
+    ) -> list[int]:
+        """The poisoned rows: ``round(rate * n_train)`` rows drawn from ``pool`` with ``rng``, sorted.
+
+        ``pool_desc`` finishes the sentence "only N ..." of the error for a pool that is too small.
+        """
+        cfg = self.config
+        k = round(cfg.rate * n_train)
+        if k == 0:
+            raise UsageError(f"poison rate {cfg.rate} of {n_train} training rows leaves no poisoned row")
+        if k > len(pool):
+            raise UsageError(
+                f"poison rate {cfg.rate} asks for {k} poisoned rows but only {len(pool)} {pool_desc}; "
+                f"lower --rate or use --candidates all"
+            )
+        return sorted(rng.sample(pool, k))
+
+    def base_record(self, corpus: Corpus, target: int, chosen: list[int], asr_rows: list[int] | None) -> dict[str, Any]:
+        """The poison.json fields every poisoner writes; subclasses add their own keys."""
+        cfg = self.config
+        return {
             "attack": self.name,
             "target": target,
             "target_name": corpus.label_names[target],
             "rate": cfg.rate,
             "dirty_label": True,
             **{k: v for k, v in asdict(cfg).items() if k not in ("target", "rate")},
-            "n_train": len(train),
-            "n_poisoned": k,
+            "n_train": len(corpus.split("train")),
+            "n_poisoned": len(chosen),
             "poisoned_rows": chosen,
-            "test_poison_source_rows": rows,
+            "test_poison_source_rows": asr_rows,
         }
+
+    @staticmethod
+    def poisoned_corpus(corpus: Corpus, train: TextDataset, asr_set: TextDataset, record: dict[str, Any]) -> Corpus:
+        """``corpus`` with its train split replaced and the ASR set added as ``test-poison``."""
+        splits = dict(corpus.splits)
+        splits["train"] = train
+        splits["test-poison"] = asr_set
         return Corpus(corpus.name, list(corpus.label_names), splits, corpus.source, record)
+
+
+def replace_rows(ds: TextDataset, texts: dict[int, str], *, label: int | None, poisoned: bool = True) -> TextDataset:
+    """A copy of ``ds`` with row i's text set to ``texts[i]``; those rows get ``label`` (None keeps
+    theirs) and their ``poisoned`` flag set to ``poisoned``."""
+    new_texts, labels, flags = list(ds.texts), list(ds.labels), list(ds.poisoned)
+    for i, text in texts.items():
+        new_texts[i] = text
+        if label is not None:
+            labels[i] = label
+        flags[i] = poisoned
+    return TextDataset(new_texts, labels, list(ds.label_names), flags, None if ds.text_b is None else list(ds.text_b))
+
+
+def non_target_rows(corpus: Corpus, target: int) -> list[int]:
+    """The test rows the ASR set is built from: every one whose clean label is not ``target``."""
+    rows = [i for i, y in enumerate(corpus.split("test").labels) if y != target]
+    if not rows:
+        raise UsageError(f"the test set has no row outside the target label {corpus.label_names[target]!r}")
+    return rows
+
+
+def asr_dataset(test: TextDataset, rows: list[int], texts: list[str]) -> TextDataset:
+    """The ASR set: ``texts`` (triggered versions of test ``rows``) with the rows' clean labels, so
+    that per-class ASR can be computed, all marked poisoned."""
+    return TextDataset(
+        list(texts),
+        [test.labels[i] for i in rows],
+        list(test.label_names),
+        [True] * len(rows),
+        None if test.text_b is None else [test.text_b[i] for i in rows],
+    )
 
 
 POISONERS: Registry[type[Poisoner]] = Registry("poisoner")
