@@ -97,6 +97,10 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
     proc = ATTACKS.get(name)
     corpus = data.load()
     poison_record = corpus.poison or {}
+    # Fine-tuning a poisoned model on clean data is the transfer scenario's victim: the user's own
+    # fine-tune of the encoder the attacker published. It inherits the attack it carries.
+    base = provenance_of(_model_input(cfg.model)) if not poison_record else {}
+    inherited = base.get("attack") not in (None, "clean")
 
     def body(tmp: Path) -> dict[str, Any]:
         loaded, summary = proc.run(cfg, corpus)
@@ -105,17 +109,18 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
             "device": str(_device_of(loaded.model)),
             "provenance": {
                 "method": "victim",
-                "attack": poison_record.get("attack", "clean"),
+                "attack": base["attack"] if inherited else poison_record.get("attack", "clean"),
                 "dataset": corpus.name,
-                "scenario": cfg.scenario,
-                "target": poison_record.get("target"),
+                "scenario": base.get("scenario", cfg.scenario) if inherited else cfg.scenario,
+                "target": base.get("target") if inherited else poison_record.get("target"),
                 "base_model": cfg.model,
+                "user_finetune_of": str(cfg.model) if inherited else None,
                 "label_names": corpus.label_names,
             },
             "summary": _with_warnings(summary, corpus),
         }
 
-    inputs = {"data": _input_of(corpus, data), "model": _model_input(cfg.model)}
+    inputs = {"data": _input_of(corpus, data), "model": _model_input(cfg.model), **proc.inputs(cfg)}
     return run_step(out, command=f"attack {name}", config=cfg, inputs=inputs, kind="model", body=body, force=force,
                     resume=resume, options=_data_options(data))
 
@@ -154,7 +159,7 @@ def defend(
             "summary": _with_warnings(summary, corpus),
         }
 
-    inputs = {"model": model_path, "data": _input_of(corpus, data)}
+    inputs = {"model": model_path, "data": _input_of(corpus, data), **proc.inputs(cfg)}
     return run_step(out, command=f"defend {name}", config=cfg, inputs=inputs, kind="model", body=body, force=force,
                     resume=resume, options=_data_options(data))
 

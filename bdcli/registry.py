@@ -6,7 +6,7 @@ central switch.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import UsageError
 
@@ -46,7 +46,12 @@ class Registry(Generic[T]):
 
 class Procedure:
     """A registered attack or defense: its typed config and the function that runs it. The CLI, the
-    recipes and the Python API all build ``Config`` and call ``run``."""
+    recipes and the Python API all build ``Config`` and call ``run``.
 
-    def __init__(self, name: str, Config: type, run: Callable, help: str):
+    ``inputs(cfg) -> {name: path or named set}`` lists what the procedure reads besides the command's
+    model and data (a proxy corpus, say), so that it is hashed into the output's fingerprint.
+    """
+
+    def __init__(self, name: str, Config: type, run: Callable, help: str, inputs: Callable[[Any], dict] | None = None):
         self.name, self.Config, self.run, self.help = name, Config, run, help
+        self.inputs = inputs or (lambda cfg: {})

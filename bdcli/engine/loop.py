@@ -7,7 +7,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol, Union
 
 import torch
 
@@ -20,6 +20,10 @@ from .device import autocast, resolve_device
 from .objectives import OBJECTIVES
 
 SCHEDULES = ("linear", "constant")
+# A registered name of a (logits, labels) loss, or a callable (model, batch) -> loss for procedures
+# whose loss is not a function of the logits alone (RIPPLe's gradient penalty, NeuBA's MLM loss).
+# ``batch`` holds input_ids, attention_mask and labels on the device.
+ObjectiveSpec = Union[str, Callable[[torch.nn.Module, dict], torch.Tensor]]
 
 
 @dataclass
@@ -131,7 +135,7 @@ def train(
     data: TextDataset,
     cfg: TrainConfig,
     *,
-    objective: str = "ce",
+    objective: ObjectiveSpec = "ce",
     params: Iterable[torch.nn.Parameter] | None = None,
     hooks: Iterable[Hook] = (),
     desc: str = "training",
@@ -140,7 +144,15 @@ def train(
     """Train ``model`` in place on ``data``; ``params`` restricts what the optimiser updates."""
     if len(data) == 0:
         raise UsageError("no training rows: the data (or the chosen fraction of it) is empty")
-    loss_fn = OBJECTIVES.get(objective)
+    if callable(objective):
+        step_loss = objective
+    else:
+        logits_loss = OBJECTIVES.get(objective)
+
+        def step_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            return logits_loss(model(**inputs).logits, batch["labels"])
+
     hooks = list(hooks)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -213,10 +225,8 @@ def train(
                 if b < skip:
                     continue
                 batch = collate(enc, rows, device)
-                labels = batch.pop("labels")
                 with autocast(device, cfg.precision):
-                    logits = model(**batch).logits
-                loss = loss_fn(logits, labels)
+                    loss = step_loss(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
