@@ -135,9 +135,11 @@ def defend(
     proc = DEFENSES.get(name)
     model_path = _model_input(model)
     victim_prov = provenance_of(model_path)
-    scenario = victim_prov.get("scenario") or "outsourcing"
-    if cfg.clean_fraction is None:
-        cfg = dataclasses.replace(cfg, clean_fraction=SCENARIO_CLEAN_FRACTION[scenario])
+    scenario = cfg.scenario or victim_prov.get("scenario") or "outsourcing"
+    cfg = dataclasses.replace(
+        cfg, scenario=scenario,
+        clean_fraction=cfg.clean_fraction if cfg.clean_fraction is not None else SCENARIO_CLEAN_FRACTION[scenario],
+    )
     corpus = data.load()
     if corpus.poison is not None:
         raise UsageError(
@@ -147,9 +149,17 @@ def defend(
     clean = corpus.split("train").fraction(cfg.clean_fraction, cfg.seed)
 
     def body(tmp: Path) -> dict[str, Any]:
+        from .defenses.head import reset_head
+
         victim = load_classifier(model_path, label_names=corpus.label_names, seed=cfg.seed)
-        if victim.new_head:
-            raise BdcliError(f"model {model} has no classification head; `defend {name}` needs a classifier")
+        if scenario == "transfer":
+            # The defender holds the published encoder, not the attacker's output layer.
+            reset_head(victim.model, cfg.seed)
+        elif victim.new_head:
+            raise BdcliError(
+                f"model {model} has no classification head; `defend {name}` in the outsourcing scenario needs a "
+                f"classifier (an encoder alone is the transfer scenario: pass --scenario transfer)"
+            )
         summary = proc.run(cfg, victim, clean)
         save_classifier(victim, tmp)
         return {

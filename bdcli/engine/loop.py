@@ -17,7 +17,7 @@ from ..progress import progress_bar
 from .batching import collate, encode, train_batches
 from .checkpoint import next_slot, optimizer_from_flat, optimizer_to_flat
 from .device import autocast, resolve_device
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, prediction_entropy
 
 SCHEDULES = ("linear", "constant")
 # A registered name of a (logits, labels) loss, or a callable (model, batch) -> loss for procedures
@@ -45,8 +45,13 @@ class TrainConfig:
     # Save a resumable checkpoint every this many steps (0: never). It changes no result, so it is not
     # part of an output's fingerprint.
     checkpoint_every: int = 200
+    # Maximum entropy as a regulariser of cross-entropy (the maximum-entropy paper's de-biasing use,
+    # section 5.6): loss = CE - alpha * H(q). 0 turns it off.
+    entropy_alpha: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.entropy_alpha < 0:
+            raise UsageError(f"entropy alpha must be >= 0, got {self.entropy_alpha}")
         if self.checkpoint_every < 0:
             raise UsageError(f"checkpoint interval must be >= 0, got {self.checkpoint_every}")
         if self.lr <= 0:
@@ -148,10 +153,13 @@ def train(
         step_loss = objective
     else:
         logits_loss = OBJECTIVES.get(objective)
+        alpha = cfg.entropy_alpha if objective == "ce" else 0.0
 
         def step_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
             inputs = {k: v for k, v in batch.items() if k != "labels"}
-            return logits_loss(model(**inputs).logits, batch["labels"])
+            logits = model(**inputs).logits
+            loss = logits_loss(logits, batch["labels"])
+            return loss - alpha * prediction_entropy(logits).mean() if alpha else loss
 
     hooks = list(hooks)
     device = resolve_device(cfg.device)
