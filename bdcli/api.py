@@ -109,7 +109,8 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
             "device": str(_device_of(loaded.model)),
             "provenance": {
                 "method": "victim",
-                "attack": base["attack"] if inherited else poison_record.get("attack", "clean"),
+                # finetune plants whatever the data carries; every other attack is named for itself.
+                "attack": base["attack"] if inherited else (poison_record.get("attack", "clean") if name == "finetune" else name),
                 "dataset": corpus.name,
                 "scenario": base.get("scenario", cfg.scenario) if inherited else cfg.scenario,
                 "target": base.get("target") if inherited else poison_record.get("target"),
@@ -221,7 +222,8 @@ def evaluate(
             "n_poison": 0,
             "method": prov.get("method", "external"),
             "label": cfg.label,
-            "attack": poison_record.get("attack", prov.get("attack")),
+            # The model's own attack (ripple, ep, ...) wins over the trigger data it is measured on.
+            "attack": prov["attack"] if prov.get("attack") not in (None, "clean") else poison_record.get("attack"),
             "dataset": corpus.name,
             "scenario": prov.get("scenario"),
             "target": poison_record.get("target"),

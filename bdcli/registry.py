@@ -52,6 +52,16 @@ class Procedure:
     model and data (a proxy corpus, say), so that it is hashed into the output's fingerprint.
     """
 
-    def __init__(self, name: str, Config: type, run: Callable, help: str, inputs: Callable[[Any], dict] | None = None):
+    def __init__(
+        self,
+        name: str,
+        Config: type,
+        run: Callable,
+        help: str,
+        inputs: Callable[[Any], dict] | None = None,
+        example: str | None = None,
+    ):
         self.name, self.Config, self.run, self.help = name, Config, run, help
         self.inputs = inputs or (lambda cfg: {})
+        # The command line shown under --help; the CLI writes a generic one when None.
+        self.example = example

@@ -142,12 +142,12 @@ def _register_components() -> None:
         poison_app.command(name, help=f"{inspect.getdoc(cls) or ''}\n\n{example}")(_command(cls.Config, call, with_model=False))
     for name in ATTACKS.names():
         proc = ATTACKS.get(name)
-        example = f"Example: bdcli attack {name} --model minilm --data runs/sst2-badnets --lr 5e-5 --out runs/victim"
+        example = "Example: " + (proc.example or f"bdcli attack {name} --model minilm --data runs/sst2-badnets --lr 5e-5 --out runs/victim")
         call = lambda cfg, model, spec, out, n=name, **kw: api.attack(n, cfg, spec, out, **kw)  # noqa: E731
         attack_app.command(name, help=f"{proc.help}\n\n{example}")(_command(proc.Config, call, with_model=False))
     for name in DEFENSES.names():
         proc = DEFENSES.get(name)
-        example = f"Example: bdcli defend {name} --model runs/victim --data sst2 --out runs/{name}"
+        example = "Example: " + (proc.example or f"bdcli defend {name} --model runs/victim --data sst2 --out runs/{name}")
         note = "The data must be clean; the defender uses --clean-fraction of its train split."
         call = lambda cfg, model, spec, out, n=name, **kw: api.defend(n, cfg, model, spec, out, **kw)  # noqa: E731
         defend_app.command(name, help=f"{proc.help}\n\n{note}\n\n{example}")(_command(proc.Config, call, with_model=True))

@@ -44,6 +44,7 @@ FIELD_HELP: dict[str, str] = {
     "surgery_triggers": "RIPPLES: comma-separated trigger words whose embeddings are replaced (default: the poisoned data's triggers).",
     "surgery_model": "RIPPLES: model the surgery embeddings are read from, e.g. a clean fine-tune as in Kurita et al. (default: --model itself).",
     "surgery_n_words": "RIPPLES: how many indicative words are computed (TF-IDF logistic regression) when no list applies (Kurita et al.: 10).",
+    "surgery_importance": "RIPPLES: rank computed words by the logistic-regression 'weight' (Kurita et al.'s code) or 'idf-weighted' (the paper's score for domain shift; favours frequent words).",
     # defenses
     "clean_fraction": "Share of the clean training set the defender holds (default: 0.1 for outsourcing, 1.0 for transfer).",
     "scenario": "Threat scenario: 'outsourcing' (the whole classifier is shipped) or 'transfer' (an encoder is published; a defense re-initialises its head). Defenses default to the model's recorded scenario.",

@@ -221,7 +221,8 @@ DEFENSES.register("gba")(
         "gba",
         GBAConfig,
         gba_defense,
-        "GBA: prompt-tune on clean data (soft template, class tokens scored over the whole vocabulary) while the "
-        "gradient broadcast pulls every word embedding toward the class tokens (eq. 3-4). Saves a prompt model.",
+        "GBA: prompt-tune on clean data (soft template; the [MASK] state scored against the tied word embeddings, "
+        "no MLM head, over the whole vocabulary) while the gradient broadcast pulls every word embedding toward "
+        "the class tokens (eq. 3-4). Saves a prompt model that bdcli evaluate reads; paper setting: --clean-fraction 0.05.",
     )
 )

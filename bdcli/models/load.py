@@ -18,6 +18,7 @@ from transformers import logging as hf_logging
 
 from ..errors import BdcliError
 from .aliases import resolve_model
+from .prompt import is_prompt_config, load_prompt_classifier
 
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "tf_model.h5", "flax_model.msgpack")
 
@@ -80,6 +81,9 @@ def load_classifier(
         raise BdcliError(f"cannot read a model config from {spec}: {str(e).splitlines()[0]}") from None
     if getattr(config, "auto_map", None):
         raise BdcliError(f"{spec} asks to run its own code (auto_map in config.json); bdcli never runs remote code")
+    if local and is_prompt_config(config):
+        # GBA's prompt classifier (models/prompt.py): the encoder plus a soft template, both safetensors.
+        return load_prompt_classifier(Path(source), config, label_names)
 
     has_head = _head_in_checkpoint(Path(source)) if local else None
     if has_head:
