@@ -227,3 +227,14 @@ def test_variational_kl_matches_hand_value_and_stage_one_runs(tiny_encoder):
     out = variational_defense(cfg, m, _toy_data())
     assert out["stage1"]["steps"] == 3 and not hasattr(m.model, MODULE)
     assert len(out["stage1"]["sd_trace"]) == 4
+
+
+def test_min_steps_keeps_stage_one_going_past_the_threshold(tiny_encoder):
+    m = _tiny(tiny_encoder)
+    cfg = MaxEntConfig(sd=1e6, maxent_lr=1e-3, maxent_min_steps=6, maxent_max_steps=50, sd_every=2, device="cpu",
+                       max_steps=1, batch_size=8)
+    out = maxent_defense(cfg, m, _toy_data())
+    # SD < 1e6 from the first measurement, yet stage 1 ran to the floor and stopped there
+    assert out["stage1"]["steps"] == 6 and out["stage1"]["reached_threshold"]
+    with pytest.raises(Exception):
+        MaxEntConfig(maxent_min_steps=10, maxent_max_steps=5)

@@ -50,6 +50,7 @@ FIELD_HELP: dict[str, str] = {
     "scenario": "Threat scenario: 'outsourcing' (the whole classifier is shipped) or 'transfer' (an encoder is published; a defense re-initialises its head). Defenses default to the model's recorded scenario.",
     "sd": "Stop Distance threshold: stage 1 stops once SD < this (paper: 0.02 'lite', 0.01 'full').",
     "maxent_lr": "Learning rate of the maximum-entropy stage (stage 1).",
+    "maxent_min_steps": "Stage 1 stops only once SD < --sd and at least this many steps ran (0: the paper's rule alone).",
     "maxent_max_steps": "Step budget of stage 1 if SD never falls below the threshold.",
     "sd_every": "Measure the Stop Distance every this many steps.",
     "sd_samples": "Clean rows (label-stratified) the Stop Distance is measured on.",

@@ -37,6 +37,10 @@ class PullConfig(DefenseConfig):
     sd_relative: bool = False  # read sd as a share of the SD measured before stage 1
     maxent_lr: float = 2e-5  # stage 1's learning rate (the paper leaves it open; FT's 2e-5 here)
     maxent_max_steps: int = 5000  # stage 1's budget when SD never falls below the threshold
+    # Stage 1 stops only once SD < sd AND at least this many steps ran. On MiniLM at lr 1e-4 the SD of
+    # clean samples collapses below 0.01 within ~20 steps, long before the trigger's effect fades
+    # (docs/maxent.md); a floor on the steps keeps the SD rule while making the stage long enough.
+    maxent_min_steps: int = 0
     sd_every: int = 10  # measure SD every this many steps
     sd_samples: int = 512  # clean rows (label-stratified) SD is measured on
     sd_on: str = "cls"  # the last layer's [CLS] state (the paper's h) or the pooler output
@@ -57,6 +61,8 @@ class PullConfig(DefenseConfig):
             raise UsageError("learning rates must be positive")
         if self.maxent_max_steps < 1 or self.sd_every < 1 or self.sd_samples < 2 or self.head_epochs < 1:
             raise UsageError("maxent max steps, SD interval and head epochs must be >= 1, SD samples >= 2")
+        if not 0 <= self.maxent_min_steps <= self.maxent_max_steps:
+            raise UsageError(f"maxent min steps must be in [0, maxent max steps], got {self.maxent_min_steps}")
         if self.sd_on not in REPRESENTATIONS:
             raise UsageError(f"unknown representation {self.sd_on!r}; use one of {', '.join(REPRESENTATIONS)}")
         if self.sd_pair not in SD_PAIRS:
@@ -94,19 +100,20 @@ def pull_then_retrain(
     hook = StopDistanceHook(
         victim.tokenizer, probe_rows(clean, cfg.sd_samples, cfg.seed), pair=pair, rep=cfg.sd_on,
         every=cfg.sd_every, threshold=cfg.sd, max_length=cfg.max_length, precision=cfg.precision,
+        min_steps=cfg.maxent_min_steps,
     )
     sd_start = hook.measure(model, device, 0)
     if cfg.sd_relative:
         hook.threshold = cfg.sd * sd_start
     params = [p for n, p in model.named_parameters() if cfg.train_head or not n.startswith(HEAD_PREFIXES)]
     stage1 = None
-    if sd_start >= hook.threshold:
+    if sd_start >= hook.threshold or cfg.maxent_min_steps > 0:
         stage1_cfg = TrainConfig.take(cfg, lr=cfg.maxent_lr, max_steps=cfg.maxent_max_steps, schedule="constant",
                                       warmup_ratio=0.0, entropy_alpha=0.0)
         stage1 = train(model, victim.tokenizer, clean, stage1_cfg, objective=objective, params=params,
                        hooks=[hook], desc=f"defend: {name} stage 1")
     sd_end = hook.trace[-1][1]
-    reached = sd_end < hook.threshold
+    reached = sd_end < hook.threshold and (stage1.steps if stage1 else 0) >= cfg.maxent_min_steps
     after_stage1()
     stage2 = train(model, victim.tokenizer, clean, TrainConfig.take(cfg), desc=f"defend: {name} stage 2 (CE)")
     warnings = []

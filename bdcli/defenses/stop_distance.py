@@ -35,14 +35,16 @@ def label_pair(num_labels: int, rule: str, seed: int) -> tuple[int, int] | None:
 
 
 class StopDistanceHook:
-    """Measures SD on a clean probe every ``every`` steps; stops training once SD < ``threshold``."""
+    """Measures SD on a clean probe every ``every`` steps; stops training once SD < ``threshold`` and at
+    least ``min_steps`` steps ran."""
 
     def __init__(self, tokenizer, probe: TextDataset, *, pair, rep: str, every: int, threshold: float,
-                 max_length: int, precision: str):
+                 max_length: int, precision: str, min_steps: int = 0):
         self.enc = encode(tokenizer, probe, max_length)
         self.labels = torch.tensor(probe.labels)
         self.num_labels = probe.num_labels
         self.pair, self.rep, self.every, self.threshold, self.precision = pair, rep, every, threshold, precision
+        self.min_steps = min_steps
         self.trace: list[tuple[int, float]] = []
 
     def measure(self, model, device, step: int) -> float:
@@ -63,4 +65,4 @@ class StopDistanceHook:
             return False
         sd = self.measure(state.model, state.device, state.step)
         state.info["sd"] = f"SD {sd:.4g}"
-        return sd < self.threshold
+        return sd < self.threshold and state.step >= self.min_steps
