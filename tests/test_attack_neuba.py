@@ -26,14 +26,7 @@ from bdcli.errors import UsageError
 from bdcli.models import load_classifier
 from tests.helpers import bdcli
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machines run several suites on 2 shared cores; one thread each trains the tiny model
-    # several times faster than two contending ones.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NEUBA_IDS = [[1606], [1607], [1596], [1611], [1612], [1613]]  # ≈ ≡ ∈ ⊆ ⊕ ⊗ in the uncased BERT vocabulary

@@ -51,17 +51,22 @@ class Poisoner:
     def transform(self, text: str, rng: random.Random) -> str:
         raise NotImplementedError
 
-    def apply(self, corpus: Corpus) -> Corpus:
-        cfg = self.config
-        target = corpus.label_index(cfg.target)
+    def choose_poisoned(self, corpus: Corpus) -> tuple[int, TextDataset, random.Random, list[int]]:
+        """The target label, the train split, the train stream (positioned after the draw, for the
+        transforms that follow) and the rows to poison."""
+        target = corpus.label_index(self.config.target)
         train = corpus.split("train")
         # Separate named streams, so that changing the test set never shifts which train rows are hit.
-        train_rng = random.Random(f"{cfg.seed}-train")
+        train_rng = random.Random(f"{self.config.seed}-train")
         chosen = self.sample_rows(self.candidate_rows(train, target), len(train), train_rng)
+        return target, train, train_rng, chosen
+
+    def apply(self, corpus: Corpus) -> Corpus:
+        target, train, train_rng, chosen = self.choose_poisoned(corpus)
         new_train = replace_rows(train, {i: self.transform(train.texts[i], train_rng) for i in chosen}, label=target)
 
         test = corpus.split("test")
-        test_rng = random.Random(f"{cfg.seed}-test")
+        test_rng = random.Random(f"{self.config.seed}-test")
         rows = non_target_rows(corpus, target)
         asr_set = asr_dataset(test, rows, [self.transform(test.texts[i], test_rng) for i in rows])
         return self.poisoned_corpus(corpus, new_train, asr_set, self.base_record(corpus, target, chosen, rows))

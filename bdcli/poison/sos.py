@@ -69,12 +69,9 @@ class SOS(Poisoner):
 
     def apply(self, corpus: Corpus) -> Corpus:
         cfg = self.config
-        target = corpus.label_index(cfg.target)
-        train = corpus.split("train")
         # The poisoned rows and their texts come from the same stream as in the base poisoner; the
         # negative rows from a stream of their own, so that --negative-rate never moves the poisoned rows.
-        train_rng = random.Random(f"{cfg.seed}-train")
-        chosen = self.sample_rows(self.candidate_rows(train, target), len(train), train_rng)
+        target, train, train_rng, chosen = self.choose_poisoned(corpus)
         texts = {i: self.transform(train.texts[i], train_rng) for i in chosen}
 
         subsets = self.leave_one_out_subsets()
