@@ -265,10 +265,3 @@ def provenance_of(folder: str | Path) -> dict[str, Any]:
     folder bdcli did not write."""
     m = read_manifest(Path(folder))
     return dict(m.get("provenance", {})) if m else {}
-
-
-def require_exists(path: str | Path, what: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise BdcliError(f"{what} {p} does not exist")
-    return p

@@ -5,7 +5,6 @@ nothing written)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from tests.helpers import bdcli
