@@ -108,7 +108,8 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
         return {
             "device": str(_device_of(loaded.model)),
             "provenance": {
-                "method": "victim",
+                # A fine-tune on clean data from a clean model is the clean reference, not a victim.
+                "method": "victim" if inherited or poison_record or name != "finetune" else "clean",
                 # finetune plants whatever the data carries; every other attack is named for itself.
                 "attack": base["attack"] if inherited else (poison_record.get("attack", "clean") if name == "finetune" else name),
                 "dataset": corpus.name,
@@ -220,7 +221,9 @@ def evaluate(
             "asr_c": {},
             "n_clean": len(test),
             "n_poison": 0,
-            "method": prov.get("method", "external"),
+            # Models written before bdcli told clean fine-tunes apart call them victims of attack "clean".
+            "method": "clean" if prov.get("method") == "victim" and prov.get("attack") in (None, "clean")
+            else prov.get("method", "external"),
             "label": cfg.label,
             # The model's own attack (ripple, ep, ...) wins over the trigger data it is measured on.
             "attack": prov["attack"] if prov.get("attack") not in (None, "clean") else poison_record.get("attack"),

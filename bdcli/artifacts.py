@@ -221,6 +221,10 @@ def _run_locked(out, command, cfg, described, fp, kind, body, force, resume, opt
             # --force replaces bdcli outputs only; never delete a user's unrelated folder.
             raise UsageError(f"refusing to replace {out}: it is not a bdcli output folder")
 
+    # Holding the lock means no other run writes here, so temporary folders beside ``out`` are what a
+    # killed run (SIGKILL, power loss) could not clean up: sweep them.
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     ckpt = checkpoint_root(out, fp)
     if not resume and ckpt.exists():
         shutil.rmtree(ckpt)  # an explicit fresh start

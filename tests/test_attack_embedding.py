@@ -122,6 +122,11 @@ def chain(tmp_path_factory, small_sst2, tiny_encoder):
     return runs
 
 
+def test_a_clean_fine_tune_is_the_clean_reference_not_a_victim(chain):
+    prov = json.loads((chain / "clean" / "manifest.json").read_text())["provenance"]
+    assert prov["method"] == "clean" and prov["attack"] == "clean"
+
+
 @pytest.mark.parametrize("attack, ids", [("sos", [2814, 3573, 5353]), ("ep", [12935])])
 def test_cli_chain_records_the_attack_and_evaluates(chain, attack, ids):
     manifest = json.loads((chain / attack / "manifest.json").read_text())

@@ -201,9 +201,18 @@ def test_duplicate_records_are_ambiguous(tmp_path: Path) -> None:
         build_table(collect([tmp_path]))
 
 
-def test_two_victim_rows_in_one_dataset_are_ambiguous() -> None:
-    recs = [record("victim", "badnets", 0.9, 1.0), record("victim", "sos", 0.9, 1.0, label="Victim 2")]
-    with pytest.raises(BdcliError, match="two victim rows"):
+def test_victims_of_different_attacks_make_one_row_whatever_their_labels() -> None:
+    recs = [record("victim", "badnets", 0.9, 1.0, label="BadNets victim"), record("victim", "sos", 0.8, 0.95, label="SOS victim"),
+            record("clean", "badnets", 0.91, 0.1), record("ft", "badnets", 0.9, 0.5)]
+    table = build_table(recs)
+    assert list(table.index) == ["Victim", "Clean model", "FT"]
+    assert table.loc["Victim", ("SOS", "ASR")] == 95.0 and table.loc["Victim", ("BadNets", "ACC")] == 90.0
+    assert table.loc["FT", ("Δ", "")] == 50.0  # against the one victim row
+
+
+def test_two_victims_of_one_attack_are_ambiguous() -> None:
+    recs = [record("victim", "badnets", 0.9, 1.0), record("victim", "badnets", 0.8, 1.0, label="Victim 2")]
+    with pytest.raises(BdcliError, match="ambiguous.*two victims on SST-2 / BadNets; report them separately"):
         build_table(recs)
 
 

@@ -36,9 +36,10 @@ def poisoned(tmp_path_factory, small_sst2) -> Path:
     return out
 
 
-def _kill_midway(argv: list[str], out: Path, rng: random.Random, env: dict) -> None:
-    """Start ``bdcli argv`` in a subprocess, wait for its first checkpoint, then SIGKILL it after a
-    random delay. Returns once it is dead."""
+def _kill_midway(argv: list[str], out: Path, rng: random.Random, env: dict,
+                 sig: signal.Signals = signal.SIGKILL) -> subprocess.Popen:
+    """Start ``bdcli argv`` in a subprocess, wait for its first checkpoint, then send it ``sig`` after a
+    random delay. Returns the process once it is dead."""
     proc = subprocess.Popen([sys.executable, "-m", "bdcli.cli.app", *argv], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -50,8 +51,9 @@ def _kill_midway(argv: list[str], out: Path, rng: random.Random, env: dict) -> N
             raise AssertionError("no checkpoint within 120 s")
         time.sleep(0.05)
     time.sleep(rng.uniform(0.0, 1.5))
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
+    return proc
 
 
 @pytest.mark.parametrize("case", ["attack", "maxent"])
@@ -79,6 +81,7 @@ def test_killed_run_resumes_to_the_same_result(case, tmp_path, poisoned, small_s
     assert list(tmp_path.glob(".killed.ckpt-*"))
     bdcli(*args, "--out", killed, "--resume")
     assert not list(tmp_path.glob(".killed.ckpt-*"))  # cleaned up once the output is published
+    assert not list(tmp_path.glob(".killed.tmp-*"))  # the killed run's temporary folder is swept
     assert _same_weights(ref, killed)
     ref_m = json.loads((ref / "manifest.json").read_text())
     new_m = json.loads((killed / "manifest.json").read_text())
@@ -91,6 +94,21 @@ def test_killed_run_resumes_to_the_same_result(case, tmp_path, poisoned, small_s
     m1 = json.loads((tmp_path / "eval-ref" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "eval-killed" / "metrics.json").read_text())
     assert (m1["acc"], m1["asr"]) == (m2["acc"], m2["asr"])
+
+
+def test_sigterm_cleans_up_and_keeps_the_checkpoint(tmp_path, poisoned, tiny_encoder):
+    args = ["attack", "finetune", "--model", str(tiny_encoder), "--data", str(poisoned), "--lr", "2e-3",
+            "--max-steps", "200", "--batch-size", "8", "--checkpoint-every", "2"]
+    out = tmp_path / "stopped"
+    env = {**os.environ, "BDCLI_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    proc = _kill_midway([*args, "--out", str(out)], out, random.Random(0), env, sig=signal.SIGTERM)
+    assert proc.returncode == 130
+    assert "interrupted" in proc.stderr.read().decode()
+    assert not out.exists()
+    assert not list(tmp_path.glob(".stopped.tmp-*")) and not (tmp_path / ".stopped.lock").exists()
+    assert list(tmp_path.glob(".stopped.ckpt-*/train-*/state.json"))  # kept for --resume
+    bdcli(*args, "--out", out, "--resume")
+    assert (out / "manifest.json").exists()
 
 
 def test_same_seed_same_metrics_bit_for_bit(tmp_path, poisoned, tiny_encoder):

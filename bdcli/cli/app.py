@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,7 +68,8 @@ def guard() -> Iterator[None]:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted; no output folder was written", err=True)
+        typer.echo("interrupted; no output folder was written (rerun with --resume to continue from the last "
+                   "checkpoint)", err=True)
         raise typer.Exit(130) from None
 
 
@@ -129,6 +131,12 @@ def _command(Config: type, call, *, with_model: bool):
     return command_from_config(Config, ([MODEL_OPT] if with_model else []) + DATA_OPTS + OUT_OPTS, run)
 
 
+def _short(text: str) -> str:
+    """The first paragraph on one line: the command lists show it, and a docstring's line breaks would
+    otherwise break those lines mid-sentence."""
+    return " ".join(text.split("\n\n", 1)[0].split())
+
+
 def _register_components() -> None:
     from .. import api
     from ..attacks import ATTACKS
@@ -139,18 +147,19 @@ def _register_components() -> None:
         cls = POISONERS.get(name)
         example = f"Example: bdcli poison {name} --data sst2 --target 1 --out runs/sst2-{name}"
         call = lambda cfg, model, spec, out, n=name, **kw: api.poison(n, cfg, spec, out, **kw)  # noqa: E731
-        poison_app.command(name, help=f"{inspect.getdoc(cls) or ''}\n\n{example}")(_command(cls.Config, call, with_model=False))
+        doc = inspect.getdoc(cls) or ""
+        poison_app.command(name, help=f"{doc}\n\n{example}", short_help=_short(doc))(_command(cls.Config, call, with_model=False))
     for name in ATTACKS.names():
         proc = ATTACKS.get(name)
         example = "Example: " + (proc.example or f"bdcli attack {name} --model minilm --data runs/sst2-badnets --lr 5e-5 --out runs/victim")
         call = lambda cfg, model, spec, out, n=name, **kw: api.attack(n, cfg, spec, out, **kw)  # noqa: E731
-        attack_app.command(name, help=f"{proc.help}\n\n{example}")(_command(proc.Config, call, with_model=False))
+        attack_app.command(name, help=f"{proc.help}\n\n{example}", short_help=_short(proc.help))(_command(proc.Config, call, with_model=False))
     for name in DEFENSES.names():
         proc = DEFENSES.get(name)
         example = "Example: " + (proc.example or f"bdcli defend {name} --model runs/victim --data sst2 --out runs/{name}")
         note = "The data must be clean; the defender uses --clean-fraction of its train split."
         call = lambda cfg, model, spec, out, n=name, **kw: api.defend(n, cfg, model, spec, out, **kw)  # noqa: E731
-        defend_app.command(name, help=f"{proc.help}\n\n{note}\n\n{example}")(_command(proc.Config, call, with_model=True))
+        defend_app.command(name, help=f"{proc.help}\n\n{note}\n\n{example}", short_help=_short(proc.help))(_command(proc.Config, call, with_model=True))
     app.command(
         "evaluate",
         help=(
@@ -199,7 +208,14 @@ def report(
 _register_components()
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # Job schedulers and CI stop work with SIGTERM: treat it like Ctrl-C, so that the temporary output
+    # folder and the lock are removed and the checkpoint is kept for --resume.
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

@@ -43,9 +43,14 @@ METHOD_NAMES = {
     "freelb": "FreeLB",
     "fine-pruning": "FP",
     "maxent": "MaxEnt",
+    "variational": "Variational",
+    "nad": "NAD",
+    "nad-c": "NAD-C",
+    "gba": "GBA",
+    "clean": "Clean model",
 }
 # Baselines first, as in the paper; every other method follows in first-seen order.
-METHOD_ORDER = ("victim", "ft", "fth", "freelb", "fine-pruning")
+METHOD_ORDER = ("victim", "clean", "ft", "fth", "freelb", "fine-pruning")
 
 ATTACK_NAMES = {
     "badnets": "BadNets",
@@ -177,12 +182,17 @@ def _group_rows(records: list[dict[str, Any]]) -> list[_Row]:
             raise BdcliError(f"{_where(rec)} has neither 'method' nor 'label'")
         dataset = DATASET_NAMES.get(rec.get("dataset") or "", rec.get("dataset") or "?")
         attack = ATTACK_NAMES.get(rec.get("attack") or "", rec.get("attack")) or CLEAN
-        row = rows.setdefault((dataset, label), _Row(dataset, label, method or ""))
+        # The victims of different attacks make one row, as in the papers' tables, whatever their labels.
+        key = (dataset, "\0victim") if method == "victim" else (dataset, label)
+        row = rows.setdefault(key, _Row(dataset, label, method or ""))
         if attack in row.cells:
+            what, fix = ("two victims", "report them separately") if method == "victim" else (
+                f"{label!r}", "give one a distinct 'label' or report them separately")
             raise BdcliError(
-                f"ambiguous: {row.paths[attack]} and {_where(rec)} both report {label!r} "
-                f"on {dataset} / {attack}; give one a distinct 'label' or report them separately"
+                f"ambiguous: {row.paths[attack]} and {_where(rec)} both report {what} on {dataset} / {attack}; {fix}"
             )
+        if row.label != label:
+            row.label = METHOD_NAMES["victim"]
         row.cells[attack] = (float(rec["acc"]), math.nan if rec.get("asr") is None else float(rec["asr"]))
         row.paths[attack] = _where(rec)
     return list(rows.values())
@@ -218,16 +228,8 @@ def _row_sort_key(rows: list[_Row], datasets: list[str]) -> Callable[[_Row], tup
 
 
 def _victims(rows: list[_Row]) -> dict[str, _Row]:
-    victims: dict[str, _Row] = {}
-    for r in filter(lambda r: r.is_victim, rows):
-        if r.dataset in victims:
-            # Δ needs one reference per data set; two would make it depend on which one we picked.
-            raise BdcliError(
-                f"ambiguous: {r.dataset} has two victim rows ({victims[r.dataset].label!r} and "
-                f"{r.label!r}); report them separately"
-            )
-        victims[r.dataset] = r
-    return victims
+    # _group_rows keeps one victim row per data set (Δ needs a single reference).
+    return {r.dataset: r for r in rows if r.is_victim}
 
 
 def _row_values(row: _Row, attacks: list[str], victim: _Row | None) -> list[float]:
