@@ -32,14 +32,23 @@ PRESETS = {"lite": 0.02, "full": 0.01}
 class PullConfig(DefenseConfig):
     """Stage-1 settings shared by the defenses that pull label centroids together before re-training."""
 
+    # The defaults below come from the knob study in docs/maxent.md (MiniLM, SST-2, BadNets, outsourcing
+    # with 692 clean rows; bench/maxent-knobs.sh reruns it).
+    # Stage 2 re-trains "to converge" (section 4.3), and its length is what decides the result: after
+    # stage 1 the model predicts uniformly, and 3 epochs of cross-entropy (66 steps) leave ACC 62.7 and
+    # ASR 99.3, while 10 epochs give ACC 81.7 and ASR 24.2 (20 epochs: 81.7 / 20.1). FT for 10 or 20
+    # epochs leaves ASR at 100 / 99.5, so the drop is stage 1's doing. 10 epochs of full SST-2 at batch
+    # 32 (2,170 steps) is also the paper's own baseline cost in the transfer scenario (Appendix D.1).
+    epochs: float = 10.0
     sd: float = 0.01  # Stop Distance threshold: stage 1 stops once SD < sd
     preset: str | None = None  # "lite" (SD 0.02) or "full" (SD 0.01) of Appendix D.1; overrides sd
     sd_relative: bool = False  # read sd as a share of the SD measured before stage 1
-    maxent_lr: float = 2e-5  # stage 1's learning rate (the paper leaves it open; FT's 2e-5 here)
+    # Stage 1's learning rate, which the paper leaves open. At 1e-4 SD falls below 0.01 within 50 steps
+    # on MiniLM; at 2e-5 it takes over a thousand, for no better result after stage 2 (docs/maxent.md).
+    maxent_lr: float = 1e-4
     maxent_max_steps: int = 5000  # stage 1's budget when SD never falls below the threshold
-    # Stage 1 stops only once SD < sd AND at least this many steps ran. On MiniLM at lr 1e-4 the SD of
-    # clean samples collapses below 0.01 within ~20 steps, long before the trigger's effect fades
-    # (docs/maxent.md); a floor on the steps keeps the SD rule while making the stage long enough.
+    # Stage 1 stops only once SD < sd AND at least this many steps ran. Measured: a floor of 250 steps
+    # at lr 1e-4 changed nothing once stage 2 was long enough (docs/maxent.md); kept for the study.
     maxent_min_steps: int = 0
     sd_every: int = 10  # measure SD every this many steps
     sd_samples: int = 512  # clean rows (label-stratified) SD is measured on
@@ -150,6 +159,8 @@ DEFENSES.register("maxent")(
         MaxEntConfig,
         maxent_defense,
         "Maximum-entropy fine-tuning on clean data until the Stop Distance < --sd, then cross-entropy re-training "
-        "(transfer scenario: a head is first trained on the frozen encoder to simulate the attacker's).",
+        "(transfer scenario: a head is first trained on the frozen encoder to simulate the attacker's). "
+        "--maxent-lr sets stage 1, --lr and --epochs stage 2; the defaults (1e-4; 2e-5 for 10 epochs) come from "
+        "the knob study in docs/maxent.md: stage 2 must re-train to convergence, 3 epochs of 10% of SST-2 do not.",
     )
 )
