@@ -41,7 +41,6 @@ step sst2-sos poison sos --data sst2 --target 1                     # 10% poison
 step victim-sos attack sos --model "$RUNS/clean" --data "$RUNS/sst2-sos"
 step sst2-badnets-cf poison badnets --data sst2 --rate 0.1 --target 1 --triggers cf
 step victim-ep attack ep --model "$RUNS/clean" --data "$RUNS/sst2-badnets-cf"
-evaluate clean "$RUNS/sst2-badnets" "Clean model (BadNets ASR set)" $T
 evaluate victim-sos "$RUNS/sst2-sos" "SOS" $T
 evaluate victim-ep "$RUNS/sst2-badnets-cf" "EP" $T
 
@@ -57,5 +56,10 @@ done
 evaluate victim-ripple "$RUNS/sst2-badnets-50" "RIPPLe" $T
 evaluate victim-ripples "$RUNS/sst2-badnets-50" "RIPPLES" $T
 evaluate victim-neuba "$RUNS/sst2-neuba" "NeuBA" $T
+
+# The clean model on every ASR set: how often the triggered rows go to the target without a backdoor.
+for d in badnets addsent hiddenkiller stylebkd sos neuba; do  # EP and RIPPLe use BadNets-style sets
+  evaluate clean "$RUNS/sst2-$d" "Clean model" $T "clean-$d"
+done
 
 bdcli report "$RUNS/eval/$T" | tee "$RUNS/$T.md"

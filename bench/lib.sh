@@ -21,9 +21,10 @@ step() {
   echo "  $out: $((SECONDS - t0)) s"
 }
 
-# evaluate MODEL POISONED-DATA LABEL: ACC on the clean test split, ASR on the data's ASR set.
+# evaluate MODEL POISONED-DATA LABEL TABLE [NAME]: ACC on the clean test split, ASR on the data's ASR
+# set, into eval/TABLE/NAME (default: the model's name).
 evaluate() {
-  step "eval/$4/$1" evaluate --model "$RUNS/$1" --data "$2" --label "$3"
+  step "eval/$4/${5:-$1}" evaluate --model "$RUNS/$1" --data "$2" --label "$3"
 }
 
 machine() {

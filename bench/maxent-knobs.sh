@@ -34,8 +34,6 @@ lr1e-4-ce10        | lr 1e-4; SD rule; stage 2 10 ep             | --maxent-lr 1
 lr1e-4-min250-ce10 | lr 1e-4; >= 250 steps; stage 2 10 ep        | --maxent-lr 1e-4 --maxent-min-steps 250 --epochs 10
 lr1e-4-ce20        | lr 1e-4; SD rule; stage 2 20 ep             | --maxent-lr 1e-4 --epochs 20
 lr1e-4-nohead-ce10 | lr 1e-4; SD rule, head frozen; stage 2 10 ep | --maxent-lr 1e-4 --no-train-head --epochs 10
-lr1e-4-min250-ce20 | lr 1e-4; >= 250 steps; stage 2 20 ep        | --maxent-lr 1e-4 --maxent-min-steps 250 --epochs 20
-lr1e-4-min500-ce10 | lr 1e-4; >= 500 steps; stage 2 10 ep        | --maxent-lr 1e-4 --maxent-min-steps 500 --epochs 10
 lr1e-4-min500      | lr 1e-4; >= 500 steps; stage 2 3 ep         | --maxent-lr 1e-4 --maxent-min-steps 500
 lr2e-5-ce10        | lr 2e-5; SD rule (paper reading); stage 2 10 ep | --maxent-lr 2e-5 --maxent-max-steps 1500 --epochs 10
 ROWS

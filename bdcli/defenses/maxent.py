@@ -44,7 +44,8 @@ class PullConfig(DefenseConfig):
     preset: str | None = None  # "lite" (SD 0.02) or "full" (SD 0.01) of Appendix D.1; overrides sd
     sd_relative: bool = False  # read sd as a share of the SD measured before stage 1
     # Stage 1's learning rate, which the paper leaves open. At 1e-4 SD falls below 0.01 within 50 steps
-    # on MiniLM; at 2e-5 it takes over a thousand, for no better result after stage 2 (docs/maxent.md).
+    # on MiniLM (ASR 24 after stage 2); at 2e-5 it is still 0.0103 after 1,500 steps, and the backdoor
+    # survives stage 2 (ASR 99.0): docs/maxent.md.
     maxent_lr: float = 1e-4
     maxent_max_steps: int = 5000  # stage 1's budget when SD never falls below the threshold
     # Stage 1 stops only once SD < sd AND at least this many steps ran. Measured: a floor of 250 steps
