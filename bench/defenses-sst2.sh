@@ -7,12 +7,14 @@
 #
 #   BDCLI_DATA_DIR=../shared/data RUNS=runs/paper bash bench/defenses-sst2.sh
 #
-# TRANSFER_EPOCHS is the CPU budget (the defenses' own default is 3 epochs); MAXENT holds the maximum-
-# entropy stage-1 options the knob study (bench/maxent-knobs.sh, docs/maxent.md) settled on.
+# SCENARIOS and DEFENSES pick a subset (default: all). TRANSFER_EPOCHS is the CPU budget (the
+# defenses' own default is 3 epochs). MAXENT adds options to maxent and variational; by default they
+# run with bdcli's defaults, which the knob study set (bench/maxent-knobs.sh, docs/maxent.md).
 RUNS=${RUNS:-runs/paper}
 SCENARIOS=${SCENARIOS:-outsourcing transfer}
 TRANSFER_EPOCHS=${TRANSFER_EPOCHS:-1}
 MAXENT=${MAXENT:-}
+CLEAN_MODEL=${CLEAN_MODEL:-minilm}  # NAD-C: the clean pre-trained checkpoint the student starts from
 source "$(dirname "$0")/lib.sh"
 machine
 V=victim
@@ -25,12 +27,13 @@ declare -A LABELS=([ft]=FT [fth]=FTH [freelb]=FreeLB [fine-pruning]=FP [nad]=NAD
 defend_all() {  # TABLE PREFIX NAD-TEACHER-EPOCHS OPTIONS...
   local t=$1 p=$2 teacher=$3; shift 3
   local d
-  for d in ft fth freelb fine-pruning nad nad-c gba variational maxent; do
+  for d in ${DEFENSES:-ft fth freelb fine-pruning nad nad-c gba variational maxent}; do
     local extra=()
     # shellcheck disable=SC2206
     case $d in
       maxent|variational) extra=($MAXENT) ;;
-      nad|nad-c) extra=(--nad-teacher-epochs "$teacher") ;;
+      nad) extra=(--nad-teacher-epochs "$teacher") ;;
+      nad-c) extra=(--nad-teacher-epochs "$teacher" --clean-model "$CLEAN_MODEL") ;;
     esac
     step "$p$d" defend "$d" --model "$RUNS/$V" --data sst2 "$@" "${extra[@]}"
     evaluate "$p$d" "$D" "${LABELS[$d]}" "$t"
@@ -43,6 +46,8 @@ for scenario in $SCENARIOS; do
       evaluate "$V" "$D" "Victim" defenses-outsourcing
       defend_all defenses-outsourcing out- 3 --scenario outsourcing ;;
     transfer)
+      # The attacker's classifier as shipped, for reference (the papers' tables print the same victim row).
+      evaluate "$V" "$D" "Victim" defenses-transfer
       defend_all defenses-transfer tr- "$TRANSFER_EPOCHS" --scenario transfer --clean-fraction 1.0 --epochs "$TRANSFER_EPOCHS" ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac

@@ -27,8 +27,8 @@ evaluate() {
   step "eval/$4/${5:-$1}" evaluate --model "$RUNS/$1" --data "$2" --label "$3"
 }
 
-machine() {
-  python - <<'PY'
+machine() {  # with the interpreter bdcli runs in, so that it sees the same torch
+  "$(dirname "$(command -v "$BDCLI")")/python" - <<'PY'
 import os, platform, torch
 print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
       f"{torch.get_num_threads()} threads, {platform.platform()}")
