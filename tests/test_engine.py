@@ -111,7 +111,7 @@ def test_params_subset_leaves_the_rest_untouched(tiny_encoder):
 def test_stop_rule_stops_at_the_first_measurement_below_the_threshold(tiny_encoder):
     m = _tiny(tiny_encoder)
     data = _toy_data()
-    cfg = MaxEntConfig(sd=0.05, maxent_lr=5e-3, maxent_max_steps=200, sd_every=2, device="cpu", epochs=1, batch_size=8)
+    cfg = MaxEntConfig(sd=0.05, maxent_lr=5e-3, maxent_max_steps=200, maxent_min_steps=0, sd_every=2, device="cpu", epochs=1, batch_size=8)
     out = maxent_defense(cfg, m, data)
     trace = out["stage1"]["sd_trace"]
     assert out["stage1"]["reached_threshold"] and out["warnings"] == []
@@ -236,5 +236,7 @@ def test_min_steps_keeps_stage_one_going_past_the_threshold(tiny_encoder):
     out = maxent_defense(cfg, m, _toy_data())
     # SD < 1e6 from the first measurement, yet stage 1 ran to the floor and stopped there
     assert out["stage1"]["steps"] == 6 and out["stage1"]["reached_threshold"]
+    assert MaxEntConfig(maxent_min_steps=10, maxent_max_steps=5).maxent_min_steps == 5  # the budget wins
+    assert MaxEntConfig().maxent_min_steps == 50
     with pytest.raises(Exception):
-        MaxEntConfig(maxent_min_steps=10, maxent_max_steps=5)
+        MaxEntConfig(maxent_min_steps=-1)
