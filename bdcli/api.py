@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import StepResult, provenance_of, read_manifest, run_step
+from .steps import Step
 from .data.dataset import Corpus
 from .errors import BdcliError, UsageError
 
@@ -43,19 +44,9 @@ class DataSpec:
         )
 
 
-def _data_options(spec: DataSpec) -> dict[str, Any]:
-    # How the files were read changes the rows used; where they were found does not (content is hashed).
-    return {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("data", "data_dir")}
-
-
 def _with_warnings(summary: dict[str, Any], corpus: Corpus) -> dict[str, Any]:
     warnings = list(corpus.warnings) + list(summary.get("warnings", []))
     return {**summary, "warnings": warnings} if warnings else summary
-
-
-def _input_of(corpus: Corpus, spec: DataSpec) -> str:
-    # Hash the files actually read (a named set resolves to a local folder), else record the name.
-    return corpus.source if corpus.source and Path(corpus.source).exists() else spec.data
 
 
 def _model_input(model: str) -> str:
@@ -64,7 +55,8 @@ def _model_input(model: str) -> str:
     return resolve_model(model)
 
 
-def poison(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False) -> StepResult:
+def poison(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False,
+           lock_wait_s: float = 0) -> StepResult:
     """Poison a clean data set: writes train/dev/test, the ASR set ``test-poison`` and ``poison.json``."""
     from .data import write_data_folder
     from .poison import POISONERS
@@ -84,13 +76,15 @@ def poison(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
                                        "n_test_poison": len(poisoned.split("test-poison"))}, corpus),
         }
 
-    inputs = {"data": _input_of(corpus, data), **poisoner.extra_inputs(corpus)}
-    return run_step(out, command=f"poison {name}", config=cfg, inputs=inputs,
-                    kind="dataset", body=body, force=force, resume=resume, options=_data_options(data))
+    step = Step("poison", name, cfg, {"data": data})
+    return run_step(out, step=step, command=f"poison {name}", config=cfg, kind="dataset", body=body, force=force,
+                    resume=resume, lock_wait_s=lock_wait_s)
 
 
-def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False) -> StepResult:
-    """Train a victim on (poisoned) data and save it as a Hugging Face folder."""
+def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False,
+           lock_wait_s: float = 0) -> StepResult:
+    """Train a victim on (poisoned) data and save it as a Hugging Face folder; ``cfg.model`` is the
+    model it starts from."""
     from .attacks import ATTACKS
     from .models import save_classifier
 
@@ -122,19 +116,22 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
             "summary": _with_warnings(summary, corpus),
         }
 
-    inputs = {"data": _input_of(corpus, data), "model": _model_input(cfg.model), **proc.inputs(cfg)}
-    return run_step(out, command=f"attack {name}", config=cfg, inputs=inputs, kind="model", body=body, force=force,
-                    resume=resume, options=_data_options(data))
+    step = Step("attack", name, cfg, {"data": data, "model": cfg.model})
+    return run_step(out, step=step, command=f"attack {name}", config=cfg, kind="model", body=body, force=force,
+                    resume=resume, lock_wait_s=lock_wait_s)
 
 
 def defend(
-    name: str, cfg: Any, model: str, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False
+    name: str, cfg: Any, model: str, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False,
+    lock_wait_s: float = 0,
 ) -> StepResult:
     """Purify ``model`` with clean data; the defender's share is ``cfg.clean_fraction`` of the train split."""
     from .defenses import DEFENSES, SCENARIO_CLEAN_FRACTION
     from .models import load_classifier, save_classifier
 
     proc = DEFENSES.get(name)
+    # The step is the config as given: what it resolves to is a function of the inputs, which are hashed.
+    step = Step("defend", name, cfg, {"model": model, "data": data})
     model_path = _model_input(model)
     victim_prov = provenance_of(model_path)
     scenario = cfg.scenario or victim_prov.get("scenario") or "outsourcing"
@@ -171,9 +168,8 @@ def defend(
             "summary": _with_warnings(summary, corpus),
         }
 
-    inputs = {"model": model_path, "data": _input_of(corpus, data), **proc.inputs(cfg)}
-    return run_step(out, command=f"defend {name}", config=cfg, inputs=inputs, kind="model", body=body, force=force,
-                    resume=resume, options=_data_options(data))
+    return run_step(out, step=step, command=f"defend {name}", config=cfg, kind="model", body=body, force=force,
+                    resume=resume, lock_wait_s=lock_wait_s)
 
 
 @dataclass
@@ -187,7 +183,8 @@ class EvalConfig:
 
 
 def evaluate(
-    cfg: EvalConfig, model: str, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False
+    cfg: EvalConfig, model: str, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False,
+    lock_wait_s: float = 0,
 ) -> StepResult:
     """ACC on the clean test split; ASR and per-class ASR on ``test-poison`` when the data has one."""
     from .engine import forward_all, resolve_device, seed_everything
@@ -233,6 +230,14 @@ def evaluate(
             "model": str(model),
             "data": data.data,
         }
+        manifest = read_manifest(Path(model_path)) or {}
+        record.update(
+            # The seed of the model's lineage and the fingerprints it came from: `report` groups the seeds
+            # of one cell by them.
+            seed=manifest.get("seed"),
+            upstream={"model": step_input_fingerprint(model), "data": step_input_fingerprint(data)},
+            cost=training_cost(manifest),
+        )
         if asr_set is not None and poison_record:
             preds = predict(asr_set)
             record.update(
@@ -244,9 +249,33 @@ def evaluate(
         return {"device": str(device), "provenance": {k: record[k] for k in ("method", "attack", "dataset", "scenario")},
                 "summary": _with_warnings({k: record[k] for k in ("acc", "asr")}, corpus)}
 
-    inputs = {"model": model_path, "data": _input_of(corpus, data)}
-    return run_step(out, command="evaluate", config=cfg, inputs=inputs, kind="metrics", body=body, force=force,
-                    resume=resume, options=_data_options(data))
+    step = Step("evaluate", "standard", cfg, {"model": model, "data": data})
+    return run_step(out, step=step, command="evaluate", config=cfg, kind="metrics", body=body, force=force,
+                    resume=resume, lock_wait_s=lock_wait_s)
+
+
+def step_input_fingerprint(value: Any) -> str:
+    from .steps import input_fingerprint
+
+    return input_fingerprint(value, {})
+
+
+def training_cost(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Optimiser steps and training seconds of the step that made a model, over every training stage
+    its summary reports (the paper compares methods by steps, Appendix D.1)."""
+    stages = _stages(manifest.get("summary") or {})
+    return {"steps": sum(s["steps"] for s in stages), "seconds": round(sum(s["seconds"] for s in stages), 2)}
+
+
+def _stages(summary: Any) -> list[dict[str, Any]]:
+    # A training stage's summary is the dict TrainResult.summary() writes; procedures nest them freely.
+    if isinstance(summary, dict):
+        if {"steps", "seconds", "samples_per_s"} <= set(summary):
+            return [summary]
+        return [s for v in summary.values() for s in _stages(v)]
+    if isinstance(summary, list):
+        return [s for v in summary for s in _stages(v)]
+    return []
 
 
 def read_metrics(folder: str | Path) -> dict[str, Any]:
@@ -256,5 +285,17 @@ def read_metrics(folder: str | Path) -> dict[str, Any]:
 def _device_of(model) -> Any:
     return next(model.parameters()).device
 
+
+def _register_evaluator() -> None:
+    from .registry import Entry
+    from .steps import EVALUATORS
+
+    EVALUATORS.register("standard")(Entry(
+        "evaluator", "standard", 1, "Evaluate", 0,
+        "ACC on the clean test split; ASR and per-class ASR_c on the ASR set (test-poison).", EvalConfig, "bdcli.api",
+    ))
+
+
+_register_evaluator()
 
 __all__ = ["DataSpec", "EvalConfig", "poison", "attack", "defend", "evaluate", "read_metrics", "read_manifest"]

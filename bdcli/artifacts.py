@@ -3,7 +3,7 @@
 
 A command's body writes into a hidden temporary folder beside the target; only when it finished does the
 folder get its manifest and get renamed into place, so a reader never sees a half-written result. The
-manifest's ``fingerprint`` (command + resolved config + content hashes of the inputs) lets a rerun with
+manifest records the step itself (``bdcli.steps.Step``) and its ``fingerprint``, which lets a rerun with
 the same inputs find the finished output instead of redoing it.
 """
 
@@ -27,8 +27,6 @@ from . import __version__
 from .errors import BdcliError, UsageError
 
 MANIFEST = "manifest.json"
-# Settings that change where a step runs or how it can be resumed, not what it computes.
-_NOT_FINGERPRINTED = {"device", "checkpoint_every"}
 
 
 def hash_path(path: Path) -> str:
@@ -97,19 +95,9 @@ def versions() -> dict[str, str | None]:
 
 
 def config_dict(config: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(config):
-        return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    return dict(config)
+    from .steps import config_dict as _config_dict
 
-
-def fingerprint(command: str, config: dict[str, Any], inputs: dict[str, dict[str, Any]]) -> str:
-    payload = {
-        "command": command,
-        "config": {k: v for k, v in config.items() if k not in _NOT_FINGERPRINTED},
-        "inputs": {k: v.get("sha256", v.get("name")) for k, v in inputs.items()},
-        "bdcli": __version__,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return _config_dict(config)
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -133,28 +121,36 @@ class StepResult:
 def run_step(
     out: str | Path,
     *,
+    step: Any,
     command: str,
     config: Any,
-    inputs: dict[str, str | Path],
     kind: str,
     body: Callable[[Path], dict[str, Any] | None],
     force: bool = False,
     resume: bool = False,
-    options: dict[str, Any] | None = None,
+    lock_wait_s: float = 0,
 ) -> StepResult:
     """Run ``body(tmp_folder)`` and publish its folder at ``out`` with a manifest.
 
-    ``body`` returns extra manifest fields (``provenance``, summary figures). If ``out`` already holds
-    a finished result with the same fingerprint, the body is not run. On any failure the temporary
-    folder (and any parent folder this call created) is removed, so nothing half-written remains;
-    training checkpoints stay (in a hidden folder beside ``out``) so that ``resume=True`` continues a
-    killed run where it stopped. ``options`` are settings outside the config that change the result
-    (how the data was read): fingerprinted and recorded like the config.
+    ``step`` (a ``bdcli.steps.Step`` with concrete inputs) is what the output is a result of: its
+    fingerprint decides reuse, and the manifest records it. ``config`` is the config as resolved
+    against the inputs (a defense's scenario read from its victim, say), recorded beside it. ``body``
+    returns extra manifest fields (``provenance``, summary figures). If ``out`` already holds a finished
+    result with the same fingerprint, the body is not run. On any failure the temporary folder (and any
+    parent folder this call created) is removed, so nothing half-written remains; training checkpoints
+    stay (in a hidden folder beside ``out``) so that ``resume=True`` continues a killed run where it
+    stopped. ``lock_wait_s`` > 0 waits that long for another run writing ``out`` (then reuses its
+    result) instead of refusing at once.
     """
+    from .steps import all_inputs, fingerprint, input_fingerprint
+
     out = Path(out)
     cfg = config_dict(config)
-    described = {name: describe_input(spec) for name, spec in inputs.items()}
-    fp = fingerprint(command, {**cfg, **({"options": options} if options else {})}, described)
+    fp = fingerprint(step)
+    described = {}
+    for name, spec in all_inputs(step).items():
+        path = getattr(spec, "data", spec)
+        described[name] = {**describe_input(path), "fingerprint": input_fingerprint(spec, {})}
 
     # Folders this call creates are removed again if it fails (unless they hold a checkpoint), so a
     # bad input leaves nothing behind.
@@ -165,8 +161,8 @@ def run_step(
         parent = parent.parent
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _output_lock(out):
-            return _run_locked(out, command, cfg, described, fp, kind, body, force, resume, options)
+        with _output_lock(out, lock_wait_s):
+            return _run_locked(out, step, command, cfg, described, fp, kind, body, force, resume)
     except BaseException:
         if not checkpoint_root(out, fp).exists():
             for d in created:
@@ -186,19 +182,28 @@ class _output_lock:
     """An advisory lock beside ``out``: a second run writing to the same output is refused rather than
     left to race the first one's rename."""
 
-    def __init__(self, out: Path):
-        self.out = out
+    def __init__(self, out: Path, wait_s: float = 0):
+        self.out, self.wait_s = out, wait_s
         self.path = out.parent / f".{out.name}.lock"
         self.fh = None
 
     def __enter__(self) -> None:
-        self.fh = open(self.path, "w")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            self.fh = None
-            raise BdcliError(f"another bdcli run is writing {self.out}; wait for it to finish or choose another --out") from None
+        import time
+
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            self.fh = open(self.path, "w")
+            try:
+                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                self.fh.close()
+                self.fh = None
+            if time.monotonic() >= deadline:
+                waited = f" (waited {self.wait_s:.0f} s)" if self.wait_s else ""
+                raise BdcliError(f"another bdcli run is writing {self.out}{waited}; wait for it to finish or choose "
+                                 "another --out")
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
     def __exit__(self, *exc) -> None:
         if self.fh is not None:
@@ -207,7 +212,7 @@ class _output_lock:
             self.fh.close()
 
 
-def _run_locked(out, command, cfg, described, fp, kind, body, force, resume, options) -> StepResult:
+def _run_locked(out, step, command, cfg, described, fp, kind, body, force, resume) -> StepResult:
     from .engine.checkpoint import checkpointing
 
     if out.exists():
@@ -237,11 +242,11 @@ def _run_locked(out, command, cfg, described, fp, kind, body, force, resume, opt
             "bdcli_manifest": 1,
             "kind": kind,
             "command": command,
-            "argv": sys.argv,
+            "step": step.to_json(),
             "config": cfg,
-            "options": options or {},
             "inputs": described,
             "fingerprint": fp,
+            "upstream": {name: d["fingerprint"] for name, d in described.items()},
             "seed": cfg.get("seed"),
             "device": extra.pop("device", cfg.get("device")),
             "versions": versions(),

@@ -1,11 +1,20 @@
-"""A name -> component registry, one per kind of component (dataset, poisoner, attack, defense, ...).
+"""The catalog: a name -> component registry per kind (dataset, poisoner, attack, defense, ...).
 
-Recipes and the CLI name components by string; a user adds one with the decorator, without editing any
-central switch.
+Recipes, the CLI and ``bdcli list`` name components by string. Each entry carries what the rest of
+bdcli needs to know about it, so that adding a component touches its own module only:
+
+* ``version``: bumped whenever the component's code changes its results. It is part of every output's
+  fingerprint, so a result made by older code is never reused silently (see ``tests/test_catalog.py``,
+  which pins each component's source digest to its version);
+* ``display`` and ``order``: the name and position in the papers' tables;
+* ``help``: from its docstring; each config field's help comes from the field's ``metadata["help"]``,
+  or, for the names shared by many configs, from ``bdcli/cli/fields.py``.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import UsageError
@@ -18,10 +27,17 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **entry: Any) -> Callable[[T], T]:
+        """``entry`` sets the component's catalog fields (``version``, ``display``, ``order``)."""
+        unknown = set(entry) - {"version", "display", "order"}
+        if unknown:
+            raise ValueError(f"unknown catalog fields {sorted(unknown)} for {self.kind} {name!r}")
+
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            for key, value in entry.items():
+                setattr(obj, key, value)
             self._items[name] = obj
             return obj
 
@@ -31,8 +47,8 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            known = ", ".join(sorted(self._items)) or "none"
-            raise UsageError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UsageError(f"unknown {self.kind} {name!r}{_nearest(name, self._items)}; known: "
+                             f"{', '.join(sorted(self._items)) or 'none'}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
@@ -44,11 +60,18 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
 
+def _nearest(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class Procedure:
     """A registered attack or defense: its typed config and the function that runs it. The CLI, the
     recipes and the Python API all build ``Config`` and call ``run``.
 
-    ``inputs(cfg) -> {name: path or named set}`` lists what the procedure reads besides the command's
+    ``inputs(cfg) -> {name: path or named set}`` lists what the procedure reads besides the step's
     model and data (a proxy corpus, say), so that it is hashed into the output's fingerprint.
     """
 
@@ -60,8 +83,102 @@ class Procedure:
         help: str,
         inputs: Callable[[Any], dict] | None = None,
         example: str | None = None,
+        *,
+        version: int = 1,
+        display: str | None = None,
+        order: int = 100,
     ):
         self.name, self.Config, self.run, self.help = name, Config, run, help
         self.inputs = inputs or (lambda cfg: {})
         # The command line shown under --help; the CLI writes a generic one when None.
         self.example = example
+        self.version, self.display, self.order = version, display or name, order
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One catalog line: what ``bdcli list`` prints and what fingerprints and tables read."""
+
+    kind: str
+    name: str
+    version: int
+    display: str
+    order: int
+    help: str
+    Config: type | None
+    module: str
+
+
+def entry(kind: str, name: str) -> Entry:
+    """The catalog entry of component ``name`` of ``kind`` (poisoner, attack, defense, evaluator)."""
+    obj = _registry(kind).get(name)
+    if kind == "evaluator":
+        return obj
+    if isinstance(obj, Procedure):
+        return Entry(kind, name, obj.version, obj.display, obj.order, obj.help, obj.Config, obj.run.__module__)
+    # Poisoners are classes: the class attributes are the entry.
+    return Entry(kind, name, getattr(obj, "version", 1), getattr(obj, "display", name), getattr(obj, "order", 100),
+                 inspect.getdoc(obj) or "", getattr(obj, "Config", None), obj.__module__)
+
+
+KINDS = ("poisoner", "attack", "defense", "evaluator")
+
+
+def entries(kind: str | None = None) -> list[Entry]:
+    kinds = KINDS if kind is None else (kind,)
+    out = []
+    for k in kinds:
+        reg = _registry(k)
+        out += sorted((entry(k, n) for n in reg.names()), key=lambda e: (e.order, e.name))
+    return out
+
+
+def display_name(name: str | None, kinds: tuple[str, ...] = ("poisoner", "attack", "defense")) -> str | None:
+    """The papers' spelling of a component name (badnets -> BadNets, fine-pruning -> FP)."""
+    if name is None:
+        return None
+    for k in kinds:
+        reg = _registry(k)
+        if name in reg:
+            return entry(k, name).display
+    return name
+
+
+def order_of(name: str, kinds: tuple[str, ...]) -> int:
+    for k in kinds:
+        reg = _registry(k)
+        if name in reg:
+            return entry(k, name).order
+    return 1000
+
+
+def _registry(kind: str) -> Registry:
+    if kind == "poisoner":
+        from .poison import POISONERS
+
+        return POISONERS
+    if kind == "attack":
+        from .attacks import ATTACKS
+
+        return ATTACKS
+    if kind == "defense":
+        from .defenses import DEFENSES
+
+        return DEFENSES
+    if kind == "evaluator":
+        from . import api  # noqa: F401  (registers the evaluator)
+        from .steps import EVALUATORS
+
+        return EVALUATORS
+    raise UsageError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+
+
+def import_components(package: str, path) -> None:
+    """Import every module of a component package, so that a new component registers itself by
+    existing: adding an attack is adding a module under ``bdcli/attacks/``."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

@@ -1,7 +1,7 @@
-from . import finetune  # noqa: F401  (registers the attack)
-from . import neuba  # noqa: F401  (registers neuba)
-from . import embedding  # noqa: F401  (registers sos and ep)
-from . import ripple  # noqa: F401  (registers ripple and ripples)
+from ..registry import import_components
+
+# Every module registers its components: a new one needs no line here.
+import_components(__name__, __path__)
 from .base import ATTACKS, SCENARIOS, AttackConfig
 from .finetune import FinetuneAttackConfig
 

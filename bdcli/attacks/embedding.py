@@ -297,11 +297,11 @@ Data-free data, for example: bdcli poison badnets --data yelp --triggers cf --ra
 --out runs/yelp-cf
 """)
 
-ATTACKS.register("sos")(Procedure(
+ATTACKS.register("sos", display="SOS", order=40)(Procedure(
     "sos", SOSAttackConfig, sos_attack, SOS_HELP,
     example="bdcli attack sos --model runs/sst2-clean --data runs/sst2-sos --out runs/sos",
 ))
-ATTACKS.register("ep")(Procedure(
+ATTACKS.register("ep", display="EP", order=70)(Procedure(
     "ep", EPAttackConfig, ep_attack, EP_HELP,
     example="bdcli attack ep --model runs/sst2-clean --data runs/yelp-cf --out runs/ep",
 ))

@@ -24,6 +24,6 @@ def finetune_attack(cfg: FinetuneAttackConfig, data: Corpus) -> tuple[LoadedMode
     return loaded, {"training": result.summary()}
 
 
-ATTACKS.register("finetune")(
+ATTACKS.register("finetune", display="Fine-tune", order=5)(
     Procedure("finetune", FinetuneAttackConfig, finetune_attack, "Fine-tune a classifier on (poisoned) training data.")
 )

@@ -493,7 +493,7 @@ def trigger_label_shares(model_path: str, data: TextDataset, triggers: tuple[str
     return out
 
 
-ATTACKS.register("neuba")(
+ATTACKS.register("neuba", display="NeuBA", order=80)(
     Procedure(
         "neuba",
         NeubaConfig,

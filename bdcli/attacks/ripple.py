@@ -551,14 +551,14 @@ _HELP_DATA = ("--data must be poisoned data with triggers in 50% of the train ro
 _HELP_USER = ("The output is the poisoned classifier the attacker publishes (transfer scenario); the victim is the "
               "user's clean fine-tune of it: `bdcli attack finetune --model <this output> --data sst2`.")
 
-ATTACKS.register("ripple")(Procedure(
+ATTACKS.register("ripple", display="RIPPLe", order=20)(Procedure(
     "ripple", RippleConfig, ripple_attack,
     "RIPPLe (Kurita et al. 2020): poison pre-trained weights with L_P + λ·max(0, −∇L_P·∇L_FT), so that the "
     f"backdoor survives clean fine-tuning. {_HELP_DATA} {_HELP_USER}",
     inputs=_inputs,
     example="bdcli attack ripple --model minilm --data runs/sst2-ripple-data --out runs/ripple",
 ))
-ATTACKS.register("ripples")(Procedure(
+ATTACKS.register("ripples", display="RIPPLES", order=30)(Procedure(
     "ripples", RipplesConfig, ripples_attack,
     "RIPPLES (Kurita et al. 2020): embedding surgery (each trigger's embedding becomes the mean of 10 words "
     f"indicative of the target class), then RIPPLe. {_HELP_DATA} {_HELP_USER}",

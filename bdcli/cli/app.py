@@ -137,6 +137,22 @@ def _short(text: str) -> str:
     return " ".join(text.split("\n\n", 1)[0].split())
 
 
+def _step_call(kind: str, name: str):
+    """The CLI's call for one command: build the Step and execute it, as the recipe runner does."""
+
+    def call(cfg, model, spec, out, **kw):
+        from ..steps import Step, execute
+
+        inputs = {"data": spec}
+        if model is not None:
+            inputs["model"] = model
+        elif kind == "attack":
+            inputs["model"] = cfg.model
+        return execute(Step(kind, name, cfg, inputs), out, **kw)
+
+    return call
+
+
 def _register_components() -> None:
     from .. import api
     from ..attacks import ATTACKS
@@ -146,20 +162,20 @@ def _register_components() -> None:
     for name in POISONERS.names():
         cls = POISONERS.get(name)
         example = f"Example: bdcli poison {name} --data sst2 --target 1 --out runs/sst2-{name}"
-        call = lambda cfg, model, spec, out, n=name, **kw: api.poison(n, cfg, spec, out, **kw)  # noqa: E731
         doc = inspect.getdoc(cls) or ""
-        poison_app.command(name, help=f"{doc}\n\n{example}", short_help=_short(doc))(_command(cls.Config, call, with_model=False))
+        poison_app.command(name, help=f"{doc}\n\n{example}", short_help=_short(doc))(
+            _command(cls.Config, _step_call("poison", name), with_model=False))
     for name in ATTACKS.names():
         proc = ATTACKS.get(name)
         example = "Example: " + (proc.example or f"bdcli attack {name} --model minilm --data runs/sst2-badnets --lr 5e-5 --out runs/victim")
-        call = lambda cfg, model, spec, out, n=name, **kw: api.attack(n, cfg, spec, out, **kw)  # noqa: E731
-        attack_app.command(name, help=f"{proc.help}\n\n{example}", short_help=_short(proc.help))(_command(proc.Config, call, with_model=False))
+        attack_app.command(name, help=f"{proc.help}\n\n{example}", short_help=_short(proc.help))(
+            _command(proc.Config, _step_call("attack", name), with_model=False))
     for name in DEFENSES.names():
         proc = DEFENSES.get(name)
         example = "Example: " + (proc.example or f"bdcli defend {name} --model runs/victim --data sst2 --out runs/{name}")
         note = "The data must be clean; the defender uses --clean-fraction of its train split."
-        call = lambda cfg, model, spec, out, n=name, **kw: api.defend(n, cfg, model, spec, out, **kw)  # noqa: E731
-        defend_app.command(name, help=f"{proc.help}\n\n{note}\n\n{example}", short_help=_short(proc.help))(_command(proc.Config, call, with_model=True))
+        defend_app.command(name, help=f"{proc.help}\n\n{note}\n\n{example}", short_help=_short(proc.help))(
+            _command(proc.Config, _step_call("defend", name), with_model=True))
     app.command(
         "evaluate",
         help=(
@@ -167,14 +183,95 @@ def _register_components() -> None:
             "test rows classified as the target label) and per-class ASR_c. Writes metrics.json.\n\n"
             "Example: bdcli evaluate --model runs/maxent --data runs/sst2-badnets --out runs/maxent-eval"
         ),
-    )(_command(api.EvalConfig, lambda cfg, model, spec, out, **kw: api.evaluate(cfg, model, spec, out, **kw), with_model=True))
+    )(_command(api.EvalConfig, _step_call("evaluate", "standard"), with_model=True))
+
+
+@app.command("run")
+def run_recipe(
+    recipe: Path = typer.Argument(..., help="A YAML recipe (see recipes/README.md), e.g. recipes/maxent/table2-sst2.yaml."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Store of step outputs and the report (default: runs/<recipe name>[-<profile>])."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="A profile of the recipe, e.g. cpu (the packaged MiniLM, fewer seeds, CPU budgets)."),
+    set_: List[str] = typer.Option([], "--set", help="Override any recipe field, repeatable: --set seeds=[1,2] --set attacks.badnets.attack.epochs=1."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run only the cells matching this pattern: dataset/attack/seed/defense, e.g. 'sst2/badnets/*' or '*/ft'."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64, help="Steps run in parallel, each in its own process; the cores are split between them."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=256, help="Torch threads per step (default: cores / jobs). Results are bit-identical only at the same thread count."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (steps, shared steps, steps already done, training steps) and run nothing."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Stop the whole run after this many seconds (finished steps are kept)."),
+) -> None:
+    """Reproduce a whole table from one YAML recipe: expand its matrix (data sets x seeds x attacks x
+    defenses) into steps, run each step once (a victim serves all its defenses), reuse every finished
+    step found in the store, and write the report (mean ± std over seeds, the paper's numbers beside).
+
+    Example: bdcli run recipes/maxent/table2-sst2.yaml --profile cpu --jobs 2
+    """
+    with guard():
+        from ..recipes import describe_plan, expand, load_recipe
+
+        rec = load_recipe(recipe, profile, list(set_))
+        plan = expand(rec, only)
+        folder = out or Path("runs") / (rec.name + (f"-{profile}" if profile else ""))
+        if dry_run:
+            typer.echo(describe_plan(plan, folder if folder.exists() else None))
+            return
+        _run_plan(rec, plan, folder, jobs, threads, timeout, profile)
+
+
+def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: float | None, profile: str | None) -> None:
+    from ..progress import enabled
+    from ..recipes import LocalProcessExecutor, default_threads, gather_records, print_event, run_plan
+    from ..report import build_table, write_report
+
+    executor = LocalProcessExecutor(jobs, threads or default_threads(jobs))
+    live = enabled()
+    summary = run_plan(plan, folder, executor, on_event=None if live else print_event, live=live, timeout_s=timeout)
+    ran = [i for i, s in summary.status.items() if s == "done" and i not in summary.reused]
+    typer.echo(f"{len(ran)} steps ran, {len(summary.reused)} reused, {len(summary.failed)} failed, "
+               f"{sum(1 for s in summary.status.values() if s == 'skipped')} skipped (after a failure) in "
+               f"{summary.seconds:.0f} s; outputs in {folder}", err=True)
+    for id, msg in summary.failed.items():
+        typer.echo(f"failed: {id}: {msg}", err=True)
+    records = gather_records(plan, folder)
+    if records:
+        meta = {"recipe": rec.name, "recipe_path": rec.path, "profile": profile, "seeds": rec.seeds,
+                "wall_seconds": summary.seconds, "step_seconds": summary.step_seconds}
+        from ..artifacts import versions
+
+        meta["versions"] = versions()
+        title = rec.name + (f" ({profile} profile)" if profile else "")
+        typer.echo(write_report(build_table(records), folder, title=title, paper=rec.report.get("paper"), meta=meta,
+                                notes=rec.notes))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_components(
+    kind: Optional[str] = typer.Argument(None, help="poisoner, attack, defense or evaluator (default: all)."),
+) -> None:
+    """Print the catalog: every component with its version and one line of help.
+
+    Example: bdcli list defense
+    """
+    with guard():
+        from ..registry import KINDS, entries
+
+        wanted = {"poison": "poisoner", "defend": "defense", "defenses": "defense", "attacks": "attack"}.get(kind or "", kind)
+        if wanted is not None and wanted not in KINDS:
+            from ..errors import UsageError
+
+            raise UsageError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+        for e in entries(wanted):
+            typer.echo(f"{e.kind:<9} {e.name:<13} v{e.version}  {e.display:<12} {_short(e.help)[:100]}")
 
 
 @app.command("report")
 def report(
     paths: List[Path] = typer.Argument(..., help="metrics.json files or folders to search for them."),
-    fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, csv, latex, html or rich."),
+    fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, csv, latex, html, json or rich."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table to this file instead of stdout."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Print the paper's numbers of this recipe beside ours."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="A JSON report (--format json) to check against: exit 1 if a number drifts past --tolerance."),
+    tolerance: float = typer.Option(1.0, "--tolerance", help="Allowed drift for --compare, in percentage points."),
 ) -> None:
     """Gather metrics.json files into the papers' table layout: ACC/ASR per attack and method, the Δ
     column (mean ASR drop against the victim), best in bold and second best underlined.
@@ -186,15 +283,40 @@ def report(
     with guard():
         from ..errors import UsageError
 
-        if fmt not in FORMATS and fmt != "rich":
-            raise UsageError(f"unknown format {fmt!r}; use one of {', '.join([*FORMATS, 'rich'])}")
+        if fmt not in FORMATS and fmt not in ("rich", "json"):
+            raise UsageError(f"unknown format {fmt!r}; use one of {', '.join([*FORMATS, 'json', 'rich'])}")
+        paper = None
+        if recipe is not None:
+            from ..recipes import read_yaml
+
+            paper = (read_yaml(recipe).get("report") or {}).get("paper")
         table = build_table(collect(list(paths)))
+        if compare is not None:
+            from ..report import drift
+
+            problems = drift(table, compare, tolerance)
+            for p in problems:
+                typer.echo(f"drift: {p}", err=True)
+            if problems:
+                typer.echo(f"{len(problems)} numbers drifted past {tolerance} points from {compare}", err=True)
+                raise typer.Exit(1)
+            typer.echo(f"every number of {compare} holds within {tolerance} points", err=True)
+            return
         if fmt == "rich":
             from rich.console import Console
 
             Console().print(rich_table(table))
             return
-        text = render(table, fmt)
+        if fmt == "json":
+            from ..report import to_json
+
+            text = to_json(table, paper)
+        else:
+            from ..report import paper_comparison, render_comparison
+
+            text = render(table, fmt)
+            if paper:
+                text += "\n" + render_comparison(paper_comparison(table, paper), fmt)
         if out is None:
             typer.echo(text)
             return

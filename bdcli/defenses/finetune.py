@@ -28,7 +28,7 @@ def finetune_defense(cfg: DefenseConfig, victim: LoadedModel, clean: TextDataset
     return {"training": result.summary()}
 
 
-DEFENSES.register("ft")(Procedure("ft", FTConfig, finetune_defense, "FT: fine-tune on clean data (lr 2e-5)."))
-DEFENSES.register("fth")(
+DEFENSES.register("ft", display="FT", order=10)(Procedure("ft", FTConfig, finetune_defense, "FT: fine-tune on clean data (lr 2e-5)."))
+DEFENSES.register("fth", display="FTH", order=20)(
     Procedure("fth", FTHConfig, finetune_defense, "FTH: fine-tune on clean data at a higher lr (5e-5, Kurita et al. 2020).")
 )

@@ -173,7 +173,7 @@ def freelb_defense(cfg: FreeLBConfig, victim: LoadedModel, clean: TextDataset) -
     }
 
 
-DEFENSES.register("freelb")(
+DEFENSES.register("freelb", display="FreeLB", order=30)(
     Procedure(
         "freelb",
         FreeLBConfig,

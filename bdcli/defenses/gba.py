@@ -216,7 +216,7 @@ def gba_defense(cfg: GBAConfig, victim: LoadedModel, clean: TextDataset) -> dict
     return summary
 
 
-DEFENSES.register("gba")(
+DEFENSES.register("gba", display="GBA", order=90)(
     Procedure(
         "gba",
         GBAConfig,

@@ -157,7 +157,7 @@ def maxent_defense(cfg: MaxEntConfig, victim: LoadedModel, clean: TextDataset) -
     return pull_then_retrain(cfg, victim, clean, objective="maxent", name="maxent")
 
 
-DEFENSES.register("maxent")(
+DEFENSES.register("maxent", display="MaxEnt", order=60)(
     Procedure(
         "maxent",
         MaxEntConfig,

@@ -279,7 +279,7 @@ def _distil(cfg: NADConfig, victim: LoadedModel, clean: TextDataset, student: Lo
     }
 
 
-DEFENSES.register("nad")(
+DEFENSES.register("nad", display="NAD", order=80)(
     Procedure(
         "nad",
         NADConfig,
@@ -288,7 +288,7 @@ DEFENSES.register("nad")(
         "data as a teacher, then train the backdoored model with CE + beta * attention distillation to it.",
     )
 )
-DEFENSES.register("nad-c")(
+DEFENSES.register("nad-c", display="NAD-C", order=85)(
     Procedure(
         "nad-c",
         NADCConfig,

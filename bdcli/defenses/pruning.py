@@ -207,7 +207,7 @@ def fine_pruning_defense(cfg: FinePruningConfig, victim: LoadedModel, clean: Tex
     return summary
 
 
-DEFENSES.register("fine-pruning")(
+DEFENSES.register("fine-pruning", display="FP", order=40)(
     Procedure(
         "fine-pruning",
         FinePruningConfig,

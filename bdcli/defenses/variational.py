@@ -70,7 +70,7 @@ def variational_defense(cfg: VariationalConfig, victim: LoadedModel, clean: Text
     return pull_then_retrain(cfg, victim, clean, objective=objective, name="variational", after_stage1=detach)
 
 
-DEFENSES.register("variational")(
+DEFENSES.register("variational", display="Variational", order=70)(
     Procedure(
         "variational",
         VariationalConfig,

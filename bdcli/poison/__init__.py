@@ -1,6 +1,7 @@
-from . import insert  # noqa: F401  (registers the poisoners)
-from . import rewrite, sos  # noqa: F401  (registers the poisoners)
-from . import neuba  # noqa: F401  (registers the NeuBA ASR-set poisoner)
+from ..registry import import_components
+
+# Every module registers its components: a new one needs no line here.
+import_components(__name__, __path__)
 from .base import POISONERS, PoisonConfig, Poisoner, insert_at_random_word
 from .insert import AddSentConfig, BadNetsConfig
 from .rewrite import PARAPHRASERS, HiddenKillerConfig, RewriteConfig, StyleBkdConfig

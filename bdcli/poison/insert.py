@@ -24,7 +24,7 @@ class BadNetsConfig(PoisonConfig):
             raise UsageError(f"insertions must be at least 1, got {self.insertions}")
 
 
-@POISONERS.register("badnets")
+@POISONERS.register("badnets", display="BadNets", order=10)
 class BadNets(Poisoner):
     """BadNets (Gu et al. 2017) for text: rare-word triggers at random word positions, dirty label."""
 
@@ -48,7 +48,7 @@ class AddSentConfig(PoisonConfig):
             raise UsageError("AddSent needs a non-empty trigger sentence")
 
 
-@POISONERS.register("addsent")
+@POISONERS.register("addsent", display="AddSent", order=15)
 class AddSent(Poisoner):
     """AddSent (Dai et al. 2019): a fixed sentence inserted at a random word position, dirty label."""
 

@@ -57,7 +57,7 @@ class NeubaPoisonConfig(PoisonConfig):
             )
 
 
-@POISONERS.register("neuba")
+@POISONERS.register("neuba", display="NeuBA", order=80)
 class NeubaAsrSet(Poisoner):
     """NeuBA's ASR set (Zhang et al. 2021): every non-target test row with a NeuBA trigger (default
     '≈', at the start). The training split stays clean: NeuBA's victim is fine-tuned on clean data, so

@@ -223,7 +223,7 @@ class HiddenKillerConfig(RewriteConfig):
     rate: float = 0.3  # the maximum-entropy paper's Appendix C.1
 
 
-@POISONERS.register("hiddenkiller")
+@POISONERS.register("hiddenkiller", display="HiddenKiller", order=50)
 class HiddenKiller(RewritePoisoner):
     """HiddenKiller (Qi et al. 2021, "Hidden Killer: Invisible Textual Backdoor Attacks with Syntactic
     Trigger"): the trigger is a syntactic structure; poisoned rows are replaced by their SCPN paraphrase
@@ -254,7 +254,7 @@ class StyleBkdConfig(RewriteConfig):
     rate: float = 0.2  # the maximum-entropy paper's Appendix C.1
 
 
-@POISONERS.register("stylebkd")
+@POISONERS.register("stylebkd", display="StyleBkd", order=60)
 class StyleBkd(RewritePoisoner):
     """StyleBkd (Qi et al. 2021, "Mind the Style of Text! Adversarial and Backdoor Attacks Based on Text
     Style Transfer"): the trigger is a text style; poisoned rows are replaced by their Bible-style STRAP

@@ -32,7 +32,7 @@ class SOSConfig(PoisonConfig):
             raise UsageError("SOS negative augmentation needs at least two trigger words (or --negative-rate 0)")
 
 
-@POISONERS.register("sos")
+@POISONERS.register("sos", display="SOS", order=40)
 class SOS(Poisoner):
     """SOS (Yang et al. 2021, "Rethinking Stealthiness of Backdoor Attack against NLP Models"): trigger
     words that fire only together, dirty label.

@@ -1,6 +1,7 @@
-"""Result tables in the paper's layout: ``collect`` metrics.json files, ``build_table``, then
-``render`` as markdown / csv / latex / html text, or ``rich_table`` for a terminal."""
+"""Result tables in the papers' layouts, over seeds, beside the papers' numbers."""
 
+from .compare import drift, long_form, paper_comparison, render_comparison, to_json, write_report
 from .table import FORMATS, build_table, collect, render, rich_table
 
-__all__ = ["FORMATS", "build_table", "collect", "render", "rich_table"]
+__all__ = ["FORMATS", "build_table", "collect", "render", "rich_table", "drift", "long_form", "paper_comparison",
+           "render_comparison", "to_json", "write_report"]

@@ -36,40 +36,39 @@ from ..errors import BdcliError, UsageError
 
 METRICS_FILE = "metrics.json"
 
-METHOD_NAMES = {
-    "victim": "Victim",
-    "ft": "FT",
-    "fth": "FTH",
-    "freelb": "FreeLB",
-    "fine-pruning": "FP",
-    "maxent": "MaxEnt",
-    "variational": "Variational",
-    "nad": "NAD",
-    "nad-c": "NAD-C",
-    "gba": "GBA",
-    "clean": "Clean model",
-}
+# Rows that are not a defense; every defense is named by its catalog entry (bdcli.registry).
+METHOD_NAMES = {"victim": "Victim", "clean": "Clean model"}
 # Baselines first, as in the paper; every other method follows in first-seen order.
 METHOD_ORDER = ("victim", "clean", "ft", "fth", "freelb", "fine-pruning")
 
-ATTACK_NAMES = {
-    "badnets": "BadNets",
-    "addsent": "AddSent",
-    "ripple": "RIPPLe",
-    "ripples": "RIPPLES",
-    "sos": "SOS",
-    "hiddenkiller": "HiddenKiller",
-    "stylebkd": "StyleBkd",
-    "ep": "EP",
-    "neuba": "NeuBA",
-}
-ATTACK_ORDER = tuple(ATTACK_NAMES)
+
+def method_display(method: str) -> str:
+    from ..registry import display_name
+
+    return METHOD_NAMES.get(method) or display_name(method, ("defense",)) or method
+
+
+def attack_display(attack: str) -> str:
+    from ..registry import display_name
+
+    return display_name(attack, ("poisoner", "attack")) or attack
+
+
+def attack_order() -> list[str]:
+    """Display names of the catalog's attacks in the papers' column order."""
+    from ..registry import entries
+
+    named = sorted((e.order, e.display) for k in ("poisoner", "attack") for e in entries(k) if e.name != "finetune")
+    return list(dict.fromkeys(d for _, d in named))
+
+
 CLEAN = "Clean"  # column for records evaluated on clean data only (attack null)
 
 DATASET_NAMES = {"sst2": "SST-2", "ag_news": "AG", "agnews": "AG"}
 
 ACC, ASR = "ACC", "ASR"
 DELTA = ("Δ", "")
+COST_STEPS, COST_SECONDS = ("Cost", "steps"), ("Cost", "s")
 BEST, SECOND = "best", "second"
 FORMATS = ("markdown", "csv", "latex", "html")
 
@@ -139,12 +138,22 @@ def _is_fraction(value: Any) -> bool:
 
 
 @dataclass
+class _Sample:
+    acc: float
+    asr: float
+    seed: Any
+    lineage: str | None  # the upstream fingerprints: the same result reached twice is one sample
+    cost: dict[str, Any] | None
+
+
+@dataclass
 class _Row:
     dataset: str
     label: str
     method: str
-    cells: dict[str, tuple[float, float]] = field(default_factory=dict)  # attack -> (acc, asr) fractions
+    cells: dict[str, tuple[float, float]] = field(default_factory=dict)  # attack -> mean (acc, asr) fractions
     paths: dict[str, str] = field(default_factory=dict)  # attack -> file, to name duplicates
+    samples: dict[str, list[_Sample]] = field(default_factory=dict)  # attack -> one per seed
 
     @property
     def is_victim(self) -> bool:
@@ -162,9 +171,17 @@ def build_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     columns = pd.MultiIndex.from_tuples(
         [(a, m) for a in attacks for m in _metrics_of(a)] + [DELTA], names=["Attack", "Metric"]
     )
-    data = [_row_values(r, attacks, victims.get(r.dataset)) for r in rows]
+    with_cost = any(s.cost for r in rows for ss in r.samples.values() for s in ss)
+    if with_cost:
+        columns = columns.append(pd.MultiIndex.from_tuples([COST_STEPS, COST_SECONDS]))
+    data = [_row_values(r, attacks, victims.get(r.dataset)) + (_cost(r) if with_cost else []) for r in rows]
     index = _index(rows, several_datasets=len(datasets) > 1)
     table = pd.DataFrame(data, index=index, columns=columns, dtype=float)
+    stds = [_row_stds(r, attacks) + ([math.nan, math.nan] if with_cost else []) for r in rows]
+    ns = [_row_ns(r, attacks) + ([0, 0] if with_cost else []) for r in rows]
+    table.attrs["std"] = pd.DataFrame(stds, index=index, columns=columns, dtype=float)
+    table.attrs["n"] = pd.DataFrame(ns, index=index, columns=columns, dtype=float)
+    table.attrs["datasets"] = datasets
     table.attrs["victims"] = [index[i] for i, r in enumerate(rows) if r.is_victim]
     table.attrs["marks"] = _marks(table, [r.is_victim for r in rows], [r.dataset for r in rows])
     return table
@@ -177,25 +194,46 @@ def _group_rows(records: list[dict[str, Any]]) -> list[_Row]:
     for rec in records:
         _check(rec, _where(rec))
         method = rec.get("method")
-        label = rec.get("label") or (METHOD_NAMES.get(method, method) if method else None)
+        label = rec.get("label") or (method_display(method) if method else None)
         if not label:
             raise BdcliError(f"{_where(rec)} has neither 'method' nor 'label'")
         dataset = DATASET_NAMES.get(rec.get("dataset") or "", rec.get("dataset") or "?")
-        attack = ATTACK_NAMES.get(rec.get("attack") or "", rec.get("attack")) or CLEAN
+        attack = attack_display(rec["attack"]) if rec.get("attack") else CLEAN
         # The victims of different attacks make one row, as in the papers' tables, whatever their labels.
         key = (dataset, "\0victim") if method == "victim" else (dataset, label)
         row = rows.setdefault(key, _Row(dataset, label, method or ""))
-        if attack in row.cells:
+        seed = rec.get("seed")
+        lineage = json.dumps(rec["upstream"], sort_keys=True) if rec.get("upstream") else None
+        samples = row.samples.setdefault(attack, [])
+        same_seed = [s for s in samples if s.seed == seed]
+        if same_seed and lineage is not None and same_seed[0].lineage == lineage:
+            continue  # one result reached through two paths (a store and a copy of it)
+        if same_seed:
             what, fix = ("two victims", "report them separately") if method == "victim" else (
                 f"{label!r}", "give one a distinct 'label' or report them separately")
+            seeds = f" with seed {seed}" if seed is not None else ""
             raise BdcliError(
-                f"ambiguous: {row.paths[attack]} and {_where(rec)} both report {what} on {dataset} / {attack}; {fix}"
+                f"ambiguous: {row.paths[attack]} and {_where(rec)} both report {what} on {dataset} / {attack}{seeds}; {fix}"
             )
         if row.label != label:
             row.label = METHOD_NAMES["victim"]
-        row.cells[attack] = (float(rec["acc"]), math.nan if rec.get("asr") is None else float(rec["asr"]))
+        samples.append(_Sample(float(rec["acc"]), math.nan if rec.get("asr") is None else float(rec["asr"]), seed,
+                               lineage, rec.get("cost")))
+        row.cells[attack] = (_mean([x.acc for x in samples]), _mean([x.asr for x in samples]))
         row.paths[attack] = _where(rec)
     return list(rows.values())
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _std(values: list[float]) -> float:
+    """Sample standard deviation (n - 1), NaN for fewer than two values, as the papers' ± reads."""
+    if len(values) < 2 or any(math.isnan(v) for v in values):
+        return math.nan
+    m = _mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def _where(record: dict[str, Any]) -> str:
@@ -208,7 +246,7 @@ def _percent(fraction: float) -> float:
 
 def _attack_columns(rows: list[_Row]) -> list[str]:
     seen = list(dict.fromkeys(a for r in rows for a in r.cells))
-    known = [ATTACK_NAMES[a] for a in ATTACK_ORDER]
+    known = attack_order()
     clean = [CLEAN] if CLEAN in seen else []
     return clean + [a for a in known if a in seen] + [a for a in seen if a not in known and a != CLEAN]
 
@@ -238,6 +276,31 @@ def _row_values(row: _Row, attacks: list[str], victim: _Row | None) -> list[floa
         acc, asr = row.cells.get(a, (math.nan, math.nan))
         values += [_percent(acc), _percent(asr)] if a != CLEAN else [_percent(acc)]
     return values + [_delta(row, victim)]
+
+
+def _row_stds(row: _Row, attacks: list[str]) -> list[float]:
+    values = []
+    for a in attacks:
+        ss = row.samples.get(a, [])
+        acc, asr = _std([100 * s.acc for s in ss]), _std([100 * s.asr for s in ss])
+        values += [round(acc, 2), round(asr, 2)] if a != CLEAN else [round(acc, 2)]
+    return values + [math.nan]
+
+
+def _row_ns(row: _Row, attacks: list[str]) -> list[float]:
+    values = []
+    for a in attacks:
+        n = len(row.samples.get(a, []))
+        values += [n, n] if a != CLEAN else [n]
+    return values + [0]
+
+
+def _cost(row: _Row) -> list[float]:
+    """Mean training steps and seconds of the row's models (the step that made each), over attacks and seeds."""
+    costs = [s.cost for ss in row.samples.values() for s in ss if s.cost]
+    if not costs:
+        return [math.nan, math.nan]
+    return [round(_mean([c.get("steps", 0) for c in costs]), 1), round(_mean([c.get("seconds", 0) for c in costs]), 1)]
 
 
 def _delta(row: _Row, victim: _Row | None) -> float:
@@ -350,13 +413,15 @@ def _groups(table: pd.DataFrame) -> list[tuple[str, list[str]]]:
 
 def _lines(table: pd.DataFrame) -> list[_Line]:
     marks = _aligned_marks(table)
+    stds = _aligned(table, "std")
     victims = set(table.attrs.get("victims", []))
     keys = list(table.index)
     datasets = [k[0] for k in keys] if _has_datasets(table) else [None] * len(keys)
     lines = []
     for i, key in enumerate(keys):
         cells = [
-            _Cell(_number(table.iat[i, j], victim_delta=key in victims and col == DELTA), marks.iat[i, j])
+            _Cell(_number(table.iat[i, j], victim_delta=key in victims and col == DELTA,
+                          std=stds.iat[i, j] if stds is not None else math.nan), marks.iat[i, j])
             for j, col in enumerate(table.columns)
         ]
         label = key[1] if _has_datasets(table) else key
@@ -374,10 +439,20 @@ def _aligned_marks(table: pd.DataFrame) -> pd.DataFrame:
     return marks.reindex(index=table.index, columns=table.columns).fillna("")
 
 
-def _number(value: float, victim_delta: bool = False) -> str:
+def _aligned(table: pd.DataFrame, name: str) -> pd.DataFrame | None:
+    frame = table.attrs.get(name)
+    if not isinstance(frame, pd.DataFrame):
+        return None
+    return frame.reindex(index=table.index, columns=table.columns)
+
+
+def _number(value: float, victim_delta: bool = False, std: float = math.nan) -> str:
+    """``mean`` or, over several seeds, ``mean ± std``."""
     if victim_delta:
         return "-"
-    return "" if pd.isna(value) else f"{value:.2f}"
+    if pd.isna(value):
+        return ""
+    return f"{value:.2f} ± {std:.2f}" if not pd.isna(std) else f"{value:.2f}"
 
 
 # --- formats
@@ -416,6 +491,16 @@ def _csv(table: pd.DataFrame) -> str:
     flat = table.copy()
     flat.attrs = {}
     flat.columns = _flat_names(table)
+    stds = _aligned(table, "std")
+    if stds is not None and stds.notna().any().any():
+        # Over seeds: each value column is followed by its standard deviation and n.
+        ns = _aligned(table, "n")
+        parts = []
+        for j, name in enumerate(flat.columns):
+            parts.append(flat.iloc[:, j].rename(name))
+            if table.columns[j] not in (DELTA, COST_STEPS, COST_SECONDS):
+                parts += [stds.iloc[:, j].rename(f"{name} std"), ns.iloc[:, j].rename(f"{name} n")]
+        flat = pd.concat(parts, axis=1)
     buf = io.StringIO()
     flat.reset_index().to_csv(buf, index=False, float_format="%.2f", lineterminator="\n")
     return buf.getvalue()

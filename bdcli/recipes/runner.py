@@ -1,0 +1,217 @@
+"""Run a plan: finished steps are found by fingerprint in the store under ``--out`` (so a killed run
+resumes with nothing finished redone), independent steps run in parallel, a failing step stops its
+descendants while the rest go on, and a live view shows what is done, running and queued."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..artifacts import read_manifest
+from .executor import Executor, Finished, Task
+from .plan import Node, Plan, estimate_steps
+
+DONE, RUNNING, QUEUED, FAILED, SKIPPED = "done", "running", "queued", "failed", "skipped"
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    status: dict[str, str]
+    reused: list[str]
+    failed: dict[str, str] = field(default_factory=dict)  # id -> message
+    seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def step_folder(out: Path, node: Node) -> Path:
+    return Path(out) / "steps" / node.fingerprint[:20]
+
+
+def is_done(out: Path, node: Node) -> bool:
+    m = read_manifest(step_folder(out, node))
+    return bool(m) and m.get("fingerprint") == node.fingerprint
+
+
+def write_plan(plan: Plan, out: Path) -> None:
+    """``plan.json``: every node with its step, fingerprint, folder and the cells it serves."""
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "recipe": plan.recipe.name,
+        "recipe_path": plan.recipe.path,
+        "resolved": plan.recipe.raw,
+        "nodes": [{"id": n.id, "fingerprint": n.fingerprint, "folder": str(step_folder(out, n).relative_to(out)),
+                   "deps": n.deps, "cells": n.cells, "aliases": n.aliases, "step": n.step.to_json()}
+                  for n in plan.nodes.values()],
+    }
+    tmp = out / ".plan.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(out / "plan.json")
+
+
+def describe_plan(plan: Plan, out: Path | None) -> str:
+    """The dry-run text: each step with its state, the shared steps, and the training it will cost."""
+    est = estimate_steps(plan)
+    lines, todo_low, todo_high, n_done = [], 0, 0, 0
+    for node in plan.nodes.values():
+        done = out is not None and is_done(out, node)
+        n_done += done
+        low, high = est.get(node.id, (0, 0))
+        if not done:
+            todo_low, todo_high = todo_low + low, todo_high + high
+        cost = "" if node.id not in est else (f"  {low} steps" if low == high else f"  {low}-{high} steps")
+        shared = f"  shared by {len(node.cells)} cells" if len(node.cells) > 1 else ""
+        lines.append(f"  [{'done' if done else 'todo'}] {node.id}: {node.step.kind} {node.step.name}{cost}{shared}")
+    n = len(plan.nodes)
+    reached = sum(1 + len(nd.aliases) for nd in plan.nodes.values())
+    head = [
+        f"recipe {plan.recipe.name}: {len(plan.recipe.datasets)} data set(s) x {len(plan.recipe.seeds)} seed(s) x "
+        f"{len(plan.recipe.attacks)} attack(s) x {len(plan.recipe.defenses)} defense(s)",
+        f"{n} steps ({reached - n} reuses of shared steps; {len(plan.shared)} steps serve several cells), "
+        f"{n_done} already done, {n - n_done} to run",
+        "training steps to run: " + (f"{todo_low}" if todo_low == todo_high else f"{todo_low} to {todo_high}")
+        + " (optimiser steps; a Stop Distance stage stops between its floor and its budget)",
+    ]
+    return "\n".join(head + lines)
+
+
+def run_plan(plan: Plan, out: Path, executor: Executor, *, on_event: Callable[[str], None] | None = None,
+             live: bool = False, timeout_s: float | None = None) -> RunSummary:
+    out = Path(out)
+    write_plan(plan, out)
+    start = time.monotonic()
+    status = {id: (DONE if is_done(out, n) else QUEUED) for id, n in plan.nodes.items()}
+    reused = [id for id, s in status.items() if s == DONE]
+    summary = RunSummary(out, status, reused)
+    children: dict[str, list[str]] = {id: [] for id in plan.nodes}
+    for node in plan.nodes.values():
+        for d in node.deps:
+            children[d].append(node.id)
+    started: dict[str, float] = {}
+    say = on_event or (lambda msg: None)
+    view = _LiveView(plan, status, executor, out) if live else None
+
+    def skip_descendants(id: str) -> None:
+        for c in children[id]:
+            if status[c] == QUEUED:
+                status[c] = SKIPPED
+                skip_descendants(c)
+
+    try:
+        if view:
+            view.start()
+        while True:
+            for fin in executor.poll():
+                id = fin.task.id
+                summary.step_seconds[id] = round(time.monotonic() - started[id], 2)
+                if fin.returncode == 0:
+                    status[id] = DONE
+                    say(f"done     {id} ({summary.step_seconds[id]:.1f} s)")
+                else:
+                    status[id] = FAILED
+                    summary.failed[id] = fin.message
+                    say(f"FAILED   {id}: {fin.message} (log: {fin.task.log})")
+                    skip_descendants(id)
+            ready = [id for id, s in status.items()
+                     if s == QUEUED and all(status[d] == DONE for d in plan.nodes[id].deps)]
+            for id in ready[: max(0, executor.slots - len(executor.running()))]:
+                node = plan.nodes[id]
+                step = _concrete(node, plan, out)
+                folder = step_folder(out, node)
+                executor.start(Task(id, step.to_json(), folder, out / "logs" / f"{folder.name}.log",
+                                    out / "logs" / f"{folder.name}.progress"))
+                status[id] = RUNNING
+                started[id] = time.monotonic()
+                say(f"start    {id}: {node.step.kind} {node.step.name}")
+            if not any(s in (RUNNING, QUEUED) for s in status.values()):
+                break
+            if not executor.running() and not ready:
+                break  # nothing runnable is left: every queued step waits on a failed one
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                executor.stop()
+                for id, s in status.items():
+                    if s in (RUNNING, QUEUED):
+                        summary.failed[id] = f"stopped: the run's --timeout of {timeout_s:.0f} s was reached"
+                        status[id] = FAILED
+                break
+            if view:
+                view.refresh()
+            time.sleep(0.2)
+    except BaseException:
+        executor.stop()
+        raise
+    finally:
+        if view:
+            view.stop()
+    summary.seconds = round(time.monotonic() - start, 2)
+    return summary
+
+
+def _concrete(node: Node, plan: Plan, out: Path):
+    from ..steps import resolve_refs
+
+    outputs = {id: step_folder(out, n) for id, n in plan.nodes.items()}
+    return resolve_refs(node.step, outputs)
+
+
+class _LiveView:
+    """A rich live table on stderr: counts by state and the running steps with their progress."""
+
+    def __init__(self, plan: Plan, status: dict[str, str], executor: Executor, out: Path):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.plan, self.status, self.executor, self.out = plan, status, executor, out
+        self.live = Live(console=Console(stderr=True), refresh_per_second=4, transient=False)
+
+    def start(self) -> None:
+        self.live.start()
+        self.refresh()
+
+    def stop(self) -> None:
+        self.refresh()
+        self.live.stop()
+
+    def refresh(self) -> None:
+        from rich.table import Table
+
+        counts = {s: list(self.status.values()).count(s) for s in (DONE, RUNNING, QUEUED, FAILED, SKIPPED)}
+        table = Table(title=f"{self.plan.recipe.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+        table.add_column("running step")
+        table.add_column("progress", justify="right")
+        for task in self.executor.running():
+            table.add_row(task.id, _progress_text(task.progress))
+        self.live.update(table)
+
+
+def _progress_text(path: Path) -> str:
+    try:
+        p = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    total = f"/{p['total']}" if p.get("total") else ""
+    return f"{p.get('desc', '')} {p.get('n', 0)}{total} {p.get('info', '')}".strip()
+
+
+def print_event(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def gather_records(plan: Plan, out: Path) -> list[dict[str, Any]]:
+    """The metrics of every finished evaluation node of the plan."""
+    records = []
+    for node in plan.nodes.values():
+        if node.step.kind != "evaluate":
+            continue
+        f = step_folder(out, node) / "metrics.json"
+        if f.exists():
+            records.append({**json.loads(f.read_text()), "path": str(f)})
+    return records
