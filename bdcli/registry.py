@@ -182,3 +182,61 @@ def import_components(package: str, path) -> None:
     for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package}.{info.name}")
+
+
+# Code every component runs through; its digest is pinned to ``bdcli.steps.ENGINE_VERSION``.
+SHARED_CODE = ("engine", "models", "data", "metrics", "poison/base.py", "attacks/base.py", "defenses/base.py",
+               "defenses/head.py", "defenses/stop_distance.py", "api.py")
+LOCK = "component-versions.json"
+
+
+def source_digests() -> dict[str, dict[str, Any]]:
+    """Each component's version with a digest of the source file that defines it, and the shared
+    code's version with a digest of that code. ``tests/test_catalog.py`` compares them with the lock
+    file ``bdcli/component-versions.json``: a changed digest must come with either a version bump (the
+    results change, so old outputs must not be reused) or a deliberate lock update (they do not)."""
+    import hashlib
+    import importlib
+    from pathlib import Path
+
+    from .steps import ENGINE_VERSION
+
+    root = Path(__file__).parent
+
+    def digest(paths: list[Path]) -> str:
+        h = hashlib.sha256()
+        for p in sorted(paths):
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+        return h.hexdigest()[:16]
+
+    out: dict[str, dict[str, Any]] = {}
+    for e in entries():
+        out[f"{e.kind}/{e.name}"] = {"version": e.version,
+                                     "digest": digest([Path(importlib.import_module(e.module).__file__)])}
+    shared = []
+    for part in SHARED_CODE:
+        p = root / part
+        shared += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    out["engine"] = {"version": ENGINE_VERSION, "digest": digest(shared)}
+    return out
+
+
+def update_lock() -> None:
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / LOCK
+    path.write_text(json.dumps(source_digests(), indent=2, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":  # python -m bdcli.registry --update-lock
+    import sys
+
+    if sys.argv[1:] == ["--update-lock"]:
+        # Through the package, not this __main__ copy of the module, whose classes the registries don't hold.
+        from bdcli.registry import update_lock as _update
+
+        _update()
+    else:
+        sys.exit("usage: python -m bdcli.registry --update-lock")

@@ -14,6 +14,7 @@ from rich.table import Table as RichTable
 
 from bdcli.errors import BdcliError, UsageError
 from bdcli.report import FORMATS, build_table, collect, render, rich_table
+from tests.helpers import bdcli
 
 
 def record(method: str, attack: str | None, acc: float, asr: float | None, **extra: Any) -> dict[str, Any]:
@@ -343,3 +344,49 @@ def test_marks_follow_a_sliced_table() -> None:
     table = build_table(TWO_ATTACKS + FP + OURS)
     md = render(table.loc[["Ours", "FP"]], "markdown")
     assert "**19.45**" in md and "<u>22.26</u>" in md
+
+
+def _seeded(method, attack, seed, acc, asr, **kw):
+    return {"method": method, "attack": attack, "dataset": "sst2", "acc": acc, "asr": asr, "seed": seed,
+            "upstream": {"model": f"{method}-{attack}-{seed}"}, **kw}
+
+
+def test_seeds_of_one_cell_average_to_mean_and_std():
+    records = [_seeded("victim", "badnets", s, 0.9, a) for s, a in ((1, 1.0), (2, 0.98))]
+    records += [_seeded("ft", "badnets", s, acc, a, cost={"steps": 66, "seconds": 20.0})
+                for s, acc, a in ((1, 0.88, 0.5), (2, 0.90, 0.7))]
+    table = build_table(records)
+    assert table.loc["FT", ("BadNets", "ASR")] == pytest.approx(60.0)
+    assert table.attrs["std"].loc["FT", ("BadNets", "ASR")] == pytest.approx(14.14, abs=0.01)
+    assert table.attrs["n"].loc["FT", ("BadNets", "ASR")] == 2
+    assert table.loc["FT", ("Cost", "steps")] == 66
+    md = render(table, "markdown")
+    assert "60.00 ± 14.14" in md and "99.00 ± 1.41" in md
+    # The same result reached twice (same seed, same lineage) counts once; a different one is refused.
+    assert build_table(records + [dict(records[-1])]).attrs["n"].loc["FT", ("BadNets", "ASR")] == 2
+    clash = {**records[-1], "upstream": {"model": "another"}}
+    with pytest.raises(BdcliError, match="seed 2"):
+        build_table(records + [clash])
+
+
+def test_compare_exits_1_when_a_number_drifts(tmp_path):
+    from bdcli.report import paper_comparison, to_json
+
+    records = [_seeded("victim", "badnets", 1, 0.9, 1.0), _seeded("ft", "badnets", 1, 0.88, 0.5)]
+    for i, r in enumerate(records):
+        d = tmp_path / "runs" / str(i)
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(r))
+    expected = tmp_path / "expected.json"
+    expected.write_text(to_json(build_table(records)))
+    assert bdcli("report", tmp_path / "runs", "--compare", expected).exit_code == 0
+    doc = json.loads(expected.read_text())
+    for cell in doc["cells"]:
+        if cell["method"] == "FT" and cell["metric"] == "ASR":
+            cell["mean"] += 2.5
+    expected.write_text(json.dumps(doc))
+    res = bdcli("report", tmp_path / "runs", "--compare", expected, "--tolerance", "1", ok=False)
+    assert res.exit_code == 1 and "FT / BadNets / ASR: expected 52.50, got 50.00" in res.output
+    assert bdcli("report", tmp_path / "runs", "--compare", expected, "--tolerance", "3").exit_code == 0
+    paper = paper_comparison(build_table(records), {"SST-2": {"FT": {"BadNets": [90.53, 98.57]}}})
+    assert list(paper["Diff"]) == [pytest.approx(88.0 - 90.53), pytest.approx(50.0 - 98.57)]

@@ -25,11 +25,8 @@ it runs on bdcli's one training loop, which optimises with AdamW:
   Adam normalises each coordinate itself, so that is not reproduced;
 - the authors keep the step that scores best on a validation set; here the last step is kept.
 
-Measured on MiniLM and SST-2 (a clean classifier at ACC 0.80, 60 steps of fine-tuning), with the
-defaults: SOS reaches ASR 0.993 at unchanged ACC, and EP with 'cf' ASR 0.998. But SOS's negative rows are
-only partly learned: test rows with two of the three trigger words are still classified as the target
-0.99 / 0.49 / 0.33 of the time (0.34 / 0.28 / 0.26 for the clean model), so the stealthiness the paper
-reports is not reached here.
+How close this comes to the papers (ASR, and how well SOS's negative rows are learned) is measured in
+docs/results.md.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from .base import ATTACKS, AttackConfig
 @dataclass
 class FinetuneAttackConfig(AttackConfig):
     """Papers' defaults: AdamW, lr 2e-5, batch 32, 3 epochs. Small models such as MiniLM learn the
-    task faster at 5e-5 (measured: ACC 0.86, ASR 0.999 on SST-2 BadNets)."""
+    task better at 5e-5 (docs/results.md)."""
 
 
 def finetune_attack(cfg: FinetuneAttackConfig, data: Corpus) -> tuple[LoadedModel, dict[str, Any]]:

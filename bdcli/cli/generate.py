@@ -40,7 +40,9 @@ def config_parameters(Config: type) -> tuple[list[inspect.Parameter], dict[str, 
         ann, conv = _option_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         decls = [f"{flag}/--no-{flag[2:]}"] if ann is bool else [flag]
-        opt = typer.Option(_cli_default(default), *decls, help=FIELD_HELP.get(f.name, ""), rich_help_panel="Config")
+        # A field's own help (its metadata) wins; names shared by many configs keep one help in fields.py.
+        help_text = f.metadata.get("help") or FIELD_HELP.get(f.name, "")
+        opt = typer.Option(_cli_default(default), *decls, help=help_text, rich_help_panel="Config")
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann))
         converters[f.name] = conv
     return params, converters

@@ -32,20 +32,15 @@ PRESETS = {"lite": 0.02, "full": 0.01}
 class PullConfig(DefenseConfig):
     """Stage-1 settings shared by the defenses that pull label centroids together before re-training."""
 
-    # The defaults below come from the knob study in docs/maxent.md (MiniLM, SST-2, BadNets, outsourcing
-    # with 692 clean rows; bench/maxent-knobs.sh reruns it).
-    # Stage 2 re-trains "to converge" (section 4.3), and its length is what decides the result: after
-    # stage 1 the model predicts uniformly, and 3 epochs of cross-entropy (66 steps) leave ACC 62.7 and
-    # ASR 99.3, while 10 epochs give ACC 81.7 and ASR 24.2 (20 epochs: 81.7 / 20.1). FT for 10 or 20
-    # epochs leaves ASR at 100 / 99.5, so the drop is stage 1's doing. 10 epochs of full SST-2 at batch
-    # 32 (2,170 steps) is also the paper's own baseline cost in the transfer scenario (Appendix D.1).
+    # The defaults below come from the knob study in docs/maxent.md (bench/maxent-knobs.sh reruns it).
+    # Stage 2 re-trains "to converge" (section 4.3): after stage 1 the model predicts uniformly, and a
+    # short re-training leaves it broken with the trigger intact; 10 epochs re-converge.
     epochs: float = 10.0
     sd: float = 0.01  # Stop Distance threshold: stage 1 stops once SD < sd
     preset: str | None = None  # "lite" (SD 0.02) or "full" (SD 0.01) of Appendix D.1; overrides sd
     sd_relative: bool = False  # read sd as a share of the SD measured before stage 1
-    # Stage 1's learning rate, which the paper leaves open. At 1e-4 SD falls below 0.01 within 50 steps
-    # on MiniLM (ASR 24 after stage 2); at 2e-5 it is still 0.0103 after 1,500 steps, and the backdoor
-    # survives stage 2 (ASR 99.0): docs/maxent.md.
+    # Stage 1's learning rate, which the paper leaves open: at the fine-tuning rate SD creeps and the
+    # backdoor survives; docs/maxent.md has the study.
     maxent_lr: float = 1e-4
     maxent_max_steps: int = 5000  # stage 1's budget when SD never falls below the threshold
     # Stage 1 stops only once SD < sd AND at least this many steps ran (maxent: 50, below).
@@ -82,8 +77,8 @@ class PullConfig(DefenseConfig):
 
 @dataclass
 class MaxEntConfig(PullConfig):
-    # Stopping at the first measurement below SD 0.01 (step 20 at lr 1e-4, SD 0.0083) left ASR 44.4 after
-    # stage 2; 50 steps (SD 0.0031) gave 24.2, and 250 steps no better (24.8): docs/maxent.md.
+    # Stopping at the first measurement below the threshold collapses too shallowly for stage 2 to lose
+    # the trigger; a floor of steps past it does (docs/maxent.md).
     maxent_min_steps: int = 50
 
 

@@ -38,6 +38,8 @@ class PoisonConfig:
 
 class Poisoner:
     name: ClassVar[str]
+    # Catalog entry (set by POISONERS.register): bumped when the poisoner's output changes.
+    version: ClassVar[int] = 1
     Config: ClassVar[type[PoisonConfig]] = PoisonConfig
 
     def __init__(self, config: PoisonConfig):

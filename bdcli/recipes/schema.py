@@ -200,18 +200,20 @@ def _attack(key: str, spec: Any, scenario: str, target: Any, where: str) -> Atta
     poison_doc = dict(spec.get("poison") or {})
     poison_doc.setdefault("target", target)
     poison = _component(poison_doc, "poisoner", f"{where}.poison", default_name=key)
+    user = spec.get("user_finetune")
+    if user is None and scenario == "transfer":
+        user = {}
     attack_doc = dict(spec.get("attack") or {})
-    attack_doc.setdefault("scenario", scenario)
+    # What the attacker ships: a model for the user to fine-tune (transfer) when the pipeline has that
+    # fine-tune, else the classifier itself, in the recipe's scenario.
+    attack_doc.setdefault("scenario", "transfer" if user is not None else scenario)
     attack = _component(attack_doc, "attack", f"{where}.attack", default_name="finetune")
     clean = None
     if spec.get("clean") is not None:
         clean = _component({**spec["clean"], "name": "finetune"}, "attack", f"{where}.clean")
-    user = spec.get("user_finetune")
-    if user is None and scenario == "transfer":
-        user = {}
     user_finetune = None
     if user is not None:
-        user_finetune = _component({**user, "name": "finetune", "scenario": "transfer"}, "attack", f"{where}.user_finetune")
+        user_finetune = _component({**user, "name": "finetune", "scenario": scenario}, "attack", f"{where}.user_finetune")
     return AttackSpec(key, poison, attack, clean, user_finetune)
 
 

@@ -112,6 +112,17 @@ def drift(table: pd.DataFrame, expected: str | Path, tolerance: float) -> list[s
     return problems
 
 
+def _seeds_line(table: pd.DataFrame) -> str:
+    ns = table.attrs.get("n")
+    values = sorted({int(v) for v in ns.to_numpy().ravel() if v and v == v}) if ns is not None else []
+    if not values:
+        return "ACC and ASR in percent."
+    n = str(values[0]) if len(values) == 1 else f"{values[0]} to {values[-1]}"
+    return (f"ACC and ASR in percent, mean ± sample standard deviation over n = {n} seeds per cell (n of each "
+            "cell in report.csv and report.json); Δ is the mean ASR drop against the victim; cost is the mean "
+            "training steps and seconds of the step that made each model.")
+
+
 def write_report(table: pd.DataFrame, out: Path, *, title: str, paper: dict[str, Any] | None = None,
                  meta: dict[str, Any] | None = None, notes: list[str] = ()) -> str:
     """``report.md`` / ``.csv`` / ``.tex`` / ``.html`` / ``.json`` in ``out``; returns the Markdown."""
@@ -119,7 +130,7 @@ def write_report(table: pd.DataFrame, out: Path, *, title: str, paper: dict[str,
 
     out.mkdir(parents=True, exist_ok=True)
     comparison = paper_comparison(table, paper) if paper else pd.DataFrame()
-    md = [f"# {title}", "", render(table, "markdown")]
+    md = [f"# {title}", "", _seeds_line(table), "", render(table, "markdown")]
     if not comparison.empty:
         md += ["## Beside the paper (percent; Diff = ours - paper)", "", render_comparison(comparison, "markdown")]
     if notes:

@@ -1,0 +1,233 @@
+"""Recipes: expansion into steps (shared steps run once), validation of every shipped recipe, bad input,
+and the runner end to end on the tiny model (kill and resume, --jobs, mean ± std)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bdcli.errors import UsageError
+from bdcli.recipes import describe_plan, expand, load_recipe
+from tests.helpers import bdcli
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+
+
+def _write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+MATRIX = """
+name: matrix
+datasets: [{data}]
+model: {model}
+seeds: [1, 2]
+attacks:
+  BadNets: {{poison: {{name: badnets, rate: 0.2}}, attack: {{max_steps: 2}}}}
+  AddSent: {{poison: {{name: addsent, rate: 0.2}}, attack: {{max_steps: 2}}}}
+defenses:
+  FT: {{name: ft, max_steps: 2}}
+  FTH: {{name: fth, max_steps: 2}}
+  Ours: {{name: maxent, maxent_max_steps: 2, max_steps: 2}}
+"""
+
+
+def test_matrix_expands_to_exactly_the_steps_it_needs(tmp_path, tiny_encoder, small_sst2):
+    rec = load_recipe(_write(tmp_path, MATRIX.format(data=small_sst2, model=tiny_encoder)))
+    plan = expand(rec)
+    kinds = [n.step.kind for n in plan.nodes.values()]
+    # Per attack and seed: one poisoned set, one victim and its evaluation, then a defense and its
+    # evaluation per defense: 2 attacks x 2 seeds x (3 + 3 x 2) = 36 steps.
+    assert len(plan.nodes) == 36
+    assert kinds.count("poison") == 4 and kinds.count("attack") == 4
+    assert kinds.count("defend") == 12 and kinds.count("evaluate") == 16
+    victims = [n for n in plan.nodes.values() if n.step.kind == "attack"]
+    # Each victim serves its own row and all three defenses of its attack and seed.
+    assert all(len(v.cells) == 4 for v in victims)
+    for node in plan.nodes.values():
+        if node.step.kind == "defend":
+            (dep,) = node.deps
+            assert plan.nodes[dep].step.kind == "attack"
+    text = describe_plan(plan, None)
+    assert "36 steps" in text and "0 already done" in text
+
+
+def test_a_clean_model_is_shared_by_the_attacks_that_start_from_it(tmp_path, tiny_encoder, small_sst2):
+    text = f"""
+name: shared-clean
+datasets: [{small_sst2}]
+model: {tiny_encoder}
+seeds: [1]
+attacks:
+  SOS: {{poison: {{name: sos}}, clean: {{max_steps: 2}}, attack: {{name: sos, max_steps: 2}}}}
+  EP: {{poison: {{name: badnets, triggers: cf}}, clean: {{max_steps: 2}}, attack: {{name: ep, max_steps: 2}}}}
+"""
+    plan = expand(load_recipe(_write(tmp_path, text)))
+    clean = [n for n in plan.nodes.values() if n.id.endswith("/clean/s1")]
+    assert len(clean) == 1 and sorted(clean[0].cells) == ["%s/EP/s1/victim" % small_sst2, "%s/SOS/s1/victim" % small_sst2]
+    # 2 poisoned sets, 1 clean model, 2 attacks, 2 evaluations.
+    assert len(plan.nodes) == 7
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(REPO / "recipes")) for p in RECIPES])
+def test_every_shipped_recipe_validates_and_expands(path, data_dir):
+    from bdcli.recipes.schema import read_yaml
+
+    profiles = [None, *((read_yaml(path).get("profiles") or {}).keys())]
+    for profile in profiles:
+        rec = load_recipe(path, profile)
+        plan = expand(rec)
+        assert plan.nodes, f"{path} ({profile}) expands to nothing"
+
+
+def test_set_overrides_any_field_and_refuses_unknown_keys(tmp_path, tiny_encoder, small_sst2):
+    path = _write(tmp_path, MATRIX.format(data=small_sst2, model=tiny_encoder))
+    rec = load_recipe(path, None, ["seeds=[7]", "attacks.BadNets.attack.lr=3e-4", "defenses.FTH=false"])
+    assert rec.seeds == [7]
+    assert rec.attacks[0].attack.config.lr == pytest.approx(3e-4)
+    assert [k for k, _ in rec.defenses] == ["FT", "Ours"]
+    with pytest.raises(UsageError, match="unknown field 'lrr'.*'lr'"):
+        load_recipe(path, None, ["attacks.BadNets.attack.lrr=1"])
+    with pytest.raises(UsageError, match="no 'attacks.BadNet'.*'BadNets'"):
+        load_recipe(path, None, ["attacks.BadNet.attack.lr=1"])
+    with pytest.raises(UsageError, match="unknown recipe key 'seed'.*'seeds'"):
+        load_recipe(path, None, ["seed=1"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\ndatasets: [sst2\n", "YAML syntax error at line 3, column 1"),
+    ("name: x\ndatasets: [sst2]\nseeds: [1]\nattacks: {BadNets: {poison: {name: badnets}}}\ndefences: {}\n",
+     "unknown recipe key 'defences' (did you mean 'defenses'?)"),
+    ("name: x\ndatasets: [sst2]\nseeds: [1]\nattacks: {BadNets: {poison: {name: badnet}}}\n", "unknown poisoner 'badnet'"),
+    ("name: x\ndatasets: [sst2]\nseeds: [1]\nattacks: {BadNets: {attack: {lr: fast}}}\n", "must be a number, got 'fast'"),
+    ("name: x\ndatasets: [sst2]\nseeds: [1, 1]\nattacks: {BadNets: {}}\n", "duplicate seeds [1]"),
+    ("name: x\ndatasets: [sst2]\nseeds: []\nattacks: {BadNets: {}}\n", "the matrix is empty (seeds has no entry)"),
+    ("name: x\ndatasets: [sst2]\nseeds: [1]\nattacks: {BadNets: {poison: {rate: nan}}}\n", "must be a finite number"),
+    ("name: x\ndatasets: [sst2]\nseeds: [1]\nattacks: {BadNets: {poison: {seed: 3}}}\n", "seeds come from the recipe"),
+])
+def test_bad_recipes_get_one_line_and_exit_2_with_nothing_written(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    out = tmp_path / "out"
+    res = bdcli("run", path, "--out", out, ok=False)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], res.output
+    assert not out.exists()
+
+
+def test_a_missing_recipe_and_a_bad_set_are_usage_errors(tmp_path):
+    res = bdcli("run", tmp_path / "nope.yaml", ok=False)
+    assert res.exit_code == 2 and "does not exist" in res.output
+    path = REPO / "recipes" / "tiny.yaml"
+    res = bdcli("run", path, "--set", "nothere=1", "--dry-run", ok=False)
+    assert res.exit_code == 2 and "unknown recipe key 'nothere'" in res.output
+
+
+# ------------------------------------------------------------------------------------------ the runner
+
+
+def _env() -> dict:
+    env = {**os.environ, "BDCLI_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _run_argv(tiny_encoder, small_sst2, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bdcli.cli.app", "run", str(REPO / "recipes" / "tiny.yaml"),
+            "--set", f"model={tiny_encoder}", "--set", f"datasets=[{small_sst2}]", "--set", "attacks.AddSent=false",
+            "--threads", "1", "--out", str(out), *extra]
+
+
+def _metrics(out: Path) -> dict[str, dict]:
+    plan = json.loads((out / "plan.json").read_text())
+    got = {}
+    for node in plan["nodes"]:
+        if node["step"]["kind"] == "evaluate":
+            m = json.loads((out / node["folder"] / "metrics.json").read_text())
+            got[node["id"]] = {k: m[k] for k in ("acc", "asr", "seed", "label")}
+    return got
+
+
+def _finished(out: Path) -> dict[str, str]:
+    """Step folder -> the time its manifest says it finished."""
+    return {p.parent.name: json.loads(p.read_text())["finished"] for p in (out / "steps").glob("*/manifest.json")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_encoder, small_sst2) -> Path:
+    """The tiny recipe run once, uninterrupted, two steps at a time."""
+    out = tmp_path_factory.mktemp("recipe") / "jobs2"
+    proc = subprocess.run(_run_argv(tiny_encoder, small_sst2, out, "--jobs", "2"), env=_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_tiny_recipe_runs_end_to_end_to_a_mean_and_std_table(reference):
+    report = (reference / "report.md").read_text()
+    assert "| Victim" in report and "| FT" in report and "| Ours" in report
+    assert " ± " in report  # two seeds: every cell is mean ± std
+    cells = json.loads((reference / "report.json").read_text())["cells"]
+    victim_asr = [c for c in cells if c["method"] == "Victim" and c["metric"] == "ASR"]
+    assert victim_asr and victim_asr[0]["n"] == 2
+    assert len(_metrics(reference)) == 6  # 2 seeds x (victim, FT, Ours)
+
+
+def test_killed_run_resumes_redoing_nothing_and_matches_jobs_2(tmp_path, reference, tiny_encoder, small_sst2):
+    out = tmp_path / "jobs1"
+    argv = _run_argv(tiny_encoder, small_sst2, out, "--jobs", "1")
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    rng = random.Random()
+    want = rng.randint(2, 8)  # kill once this many of the 14 steps have finished
+    deadline = time.time() + 600
+    while len(_finished(out)) < want if (out / "steps").exists() else True:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no progress within 600 s"
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0, 1.0))
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and every worker, at once
+    proc.wait()
+    before = _finished(out)
+    assert 2 <= len(before) < 14
+    rerun = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    after = _finished(out)
+    assert len(after) == 14
+    # Nothing finished before the kill was redone: each kept its manifest.
+    assert {k: after[k] for k in before} == before
+    assert f"{len(before)} reused" in rerun.stderr
+    # One step at a time or two: the same metrics, and after a kill too.
+    assert _metrics(out) == _metrics(reference)
+
+
+def test_second_run_of_the_same_recipe_reuses_everything(reference, tiny_encoder, small_sst2):
+    before = _finished(reference)
+    proc = subprocess.run(_run_argv(tiny_encoder, small_sst2, reference, "--jobs", "2"), env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 steps ran, 14 reused" in proc.stderr
+    assert _finished(reference) == before
+
+
+def test_dry_run_counts_done_steps_and_writes_nothing(reference, tiny_encoder, small_sst2, tmp_path):
+    proc = subprocess.run(_run_argv(tiny_encoder, small_sst2, reference, "--dry-run"), env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "14 steps" in proc.stdout and "14 already done, 0 to run" in proc.stdout
+    fresh = tmp_path / "fresh"
+    proc = subprocess.run(_run_argv(tiny_encoder, small_sst2, fresh, "--dry-run"), env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "0 already done, 14 to run" in proc.stdout
+    assert not fresh.exists()
