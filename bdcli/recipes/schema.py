@@ -199,7 +199,7 @@ def _attack(key: str, spec: Any, scenario: str, target: Any, where: str) -> Atta
                              f"{', '.join(ATTACK_PARTS)}")
     poison_doc = dict(spec.get("poison") or {})
     poison_doc.setdefault("target", target)
-    poison = _component(poison_doc, "poisoner", f"{where}.poison", default_name=key)
+    poison = _component(poison_doc, "poisoner", f"{where}.poison", default_name=key.lower())
     user = spec.get("user_finetune")
     if user is None and scenario == "transfer":
         user = {}
