@@ -61,23 +61,12 @@ def convert(value: Any, hint: Any, where: str) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise UsageError(f"{where} must be true or false, got {value!r}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise UsageError(f"{where} must be an integer, got {value!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise UsageError(f"{where} must be an integer, got {value!r}") from None
+        number = _number(value, f"{where} must be an integer, got {value!r}")
         if not math.isfinite(number) or number != int(number):
             raise UsageError(f"{where} must be an integer, got {value!r}")
         return int(number)
     if hint is float:
-        # YAML 1.1 reads 5e-5 (no dot) as a string: accept it as the number it is.
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise UsageError(f"{where} must be a number, got {value!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise UsageError(f"{where} must be a number, got {value!r}") from None
+        number = _number(value, f"{where} must be a number, got {value!r}")
         if not math.isfinite(number):
             raise UsageError(f"{where} must be a finite number, got {value!r}")
         return number
@@ -86,3 +75,14 @@ def convert(value: Any, hint: Any, where: str) -> Any:
             raise UsageError(f"{where} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+def _number(value: Any, message: str) -> float:
+    """``value`` as a float, or ``message`` as a usage error. YAML 1.1 reads 5e-5 (no dot) as a string:
+    it is accepted as the number it is; a bool is not a number here."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UsageError(message)
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(message) from None

@@ -273,34 +273,8 @@ def execute(step: Step, out: str | Path, *, force: bool = False, resume: bool = 
 
 
 def run_from_file(step_file: str, out: str, resume: bool, lock_wait_s: float) -> int:
-    """Entry point of a runner's worker process: one step from its JSON form."""
+    """One step from its JSON form, as a runner's worker process runs it (bdcli/recipes/zygote.py)."""
     step = Step.from_json(json.loads(Path(step_file).read_text()))
     res = execute(step, out, resume=resume, lock_wait_s=lock_wait_s)
     print(json.dumps({"out": str(res.out), "reused": res.reused, "fingerprint": res.manifest.get("fingerprint")}))
     return 0
-
-
-def worker_main() -> None:  # python -m bdcli.steps STEP.json OUT [--resume]
-    import sys
-
-    from .cli.app import guard
-
-    args = sys.argv[1:]
-    resume = "--resume" in args
-    args = [a for a in args if a != "--resume"]
-    os.environ.setdefault("BDCLI_PROGRESS", "0")
-    if os.environ.get("BDCLI_THREADS"):
-        import torch
-
-        torch.set_num_threads(int(os.environ["BDCLI_THREADS"]))
-    import typer
-
-    try:
-        with guard():
-            sys.exit(run_from_file(args[0], args[1], resume, float(os.environ.get("BDCLI_LOCK_WAIT_S", "0"))))
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-
-
-if __name__ == "__main__":
-    worker_main()
