@@ -63,15 +63,15 @@ def test_killed_run_resumes_to_the_same_result(case, tmp_path, poisoned, small_s
     print(f"kill-point seed {seed}")
     if case == "attack":
         args = ["attack", "finetune", "--model", str(tiny_encoder), "--data", str(poisoned), "--lr", "2e-3",
-                "--max-steps", "60", "--batch-size", "8", "--checkpoint-every", "3"]
+                "--max-steps", "400", "--batch-size", "8", "--checkpoint-every", "3"]  # outlasts the kill delay on a quiet machine
     else:
         victim = tmp_path / "victim"
         bdcli("attack", "finetune", "--model", tiny_encoder, "--data", poisoned, "--lr", "2e-3", "--epochs", "2",
               "--batch-size", "16", "--out", victim)
         # Stage 1 is long enough to be killed in; stage 2 follows: a kill may land in either.
         args = ["defend", "maxent", "--model", str(victim), "--data", str(small_sst2), "--clean-fraction", "0.5",
-                "--sd", "1e-9", "--maxent-lr", "1e-3", "--maxent-max-steps", "40", "--sd-every", "4",
-                "--batch-size", "8", "--max-steps", "30", "--checkpoint-every", "3"]
+                "--sd", "1e-9", "--maxent-lr", "1e-3", "--maxent-max-steps", "200", "--sd-every", "4",
+                "--batch-size", "8", "--max-steps", "200", "--checkpoint-every", "3"]  # both stages outlast the kill delay
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     bdcli(*args, "--out", ref)
     env = {**os.environ, "BDCLI_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
@@ -123,7 +123,9 @@ def test_same_seed_same_metrics_bit_for_bit(tmp_path, poisoned, tiny_encoder):
         bdcli("evaluate", "--model", tmp_path / name, "--data", poisoned, "--out", tmp_path / f"e{name}")
     ma = json.loads((tmp_path / "ea" / "metrics.json").read_text())
     mb = json.loads((tmp_path / "eb" / "metrics.json").read_text())
-    assert {k: v for k, v in ma.items() if k != "model"} == {k: v for k, v in mb.items() if k != "model"}
+    # Everything but the model's path and the wall time its training took (cost.seconds).
+    assert ma["cost"]["steps"] == mb["cost"]["steps"]
+    assert {k: v for k, v in ma.items() if k not in ("model", "cost")} == {k: v for k, v in mb.items() if k not in ("model", "cost")}
 
 
 def test_a_second_writer_to_the_same_output_is_refused(tmp_path, poisoned):
@@ -159,4 +161,4 @@ def test_malformed_and_duplicate_rows_are_reported_or_dropped(tmp_path):
     assert "dropped 1 malformed row(s)" in res.stderr and "dropped 1 row(s) that repeat" in res.stderr
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert m["summary"]["n_train"] == 3 and len(m["summary"]["warnings"]) == 2
-    assert m["options"]["drop_bad_rows"] is True
+    assert m["step"]["inputs"]["data"]["drop_bad_rows"] is True  # how the files were read is part of the step
