@@ -4,7 +4,9 @@ subset, hooks that observe steps and may stop training (a Stop Distance threshol
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Protocol, Union
@@ -12,7 +14,7 @@ from typing import Callable, Iterable, Protocol, Union
 import torch
 
 from ..data.dataset import TextDataset
-from ..errors import UsageError
+from ..errors import BdcliError, UsageError
 from ..progress import progress_bar
 from .batching import collate, encode, train_batches
 from .checkpoint import next_slot, optimizer_from_flat, optimizer_to_flat
@@ -105,6 +107,8 @@ class TrainResult:
     samples: int
     final_loss: float
     loss_trace: list[tuple[int, float]]
+    # Where a --resume picked this stage up: {"stage": "train-2", "step": 6}; None for a fresh run.
+    resumed_from: dict | None = None
 
     @property
     def samples_per_s(self) -> float:
@@ -112,12 +116,13 @@ class TrainResult:
 
     def to_json(self) -> dict:
         return {"steps": self.steps, "stopped_by_hook": self.stopped_by_hook, "seconds": self.seconds,
-                "samples": self.samples, "final_loss": self.final_loss, "loss_trace": self.loss_trace}
+                "samples": self.samples, "final_loss": self.final_loss, "loss_trace": self.loss_trace,
+                "resumed_from": self.resumed_from}
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainResult":
         return cls(d["steps"], d["stopped_by_hook"], d["seconds"], d["samples"], d["final_loss"],
-                   [tuple(x) for x in d["loss_trace"]])
+                   [tuple(x) for x in d["loss_trace"]], d.get("resumed_from"))
 
     def summary(self) -> dict:
         return {
@@ -126,7 +131,23 @@ class TrainResult:
             "seconds": round(self.seconds, 2),
             "samples_per_s": round(self.samples_per_s, 2),
             "final_loss": self.final_loss,
+            "resumed_from": self.resumed_from,
         }
+
+
+class TrainingDiverged(BdcliError):
+    """The loss stopped being a finite number: nothing trained from here on would mean anything."""
+
+
+def _fault_point() -> tuple[str, int] | None:
+    """Test-only fault injection: ``BDCLI_FAULT_KILL_AT=train-2:6`` makes the process SIGKILL itself
+    right after the checkpoint of step 6 of its second training stage, so resume tests kill at a
+    chosen step of a chosen stage instead of after a timed delay."""
+    spec = os.environ.get("BDCLI_FAULT_KILL_AT")
+    if not spec:
+        return None
+    stage, _, at = spec.rpartition(":")
+    return stage, int(at)
 
 
 def seed_everything(seed: int) -> None:
@@ -195,6 +216,8 @@ def train(
     trace: list[tuple[int, float]] = []
     elapsed = 0.0
     slot = next_slot()
+    fault = _fault_point()
+    resumed_from = None
     saved = slot.load(model) if slot is not None else None
     if saved is not None:
         for hook, hs in zip(hooks, saved["hooks"]):
@@ -209,6 +232,7 @@ def train(
         step, samples, epoch, skip = saved["step"], saved["samples"], saved["epoch"], saved["next_batch"]
         loss_val, elapsed = saved["loss"], saved["elapsed"]
         trace = [tuple(x) for x in saved["loss_trace"]]
+        resumed_from = {"stage": slot.path.name, "step": step}  # type: ignore[union-attr]
         rng.setstate(_rng_from_json(saved["epoch_rng"]))
 
     def checkpoint(done: bool, epoch_rng, next_batch: int, result: TrainResult | None = None) -> None:
@@ -244,6 +268,9 @@ def train(
                 step += 1
                 samples += len(rows)
                 loss_val = loss.item()
+                if not math.isfinite(loss_val):
+                    raise TrainingDiverged(f"{desc}: the loss became {loss_val} at step {step}; "
+                                           "lower the learning rate (nothing was published)")
                 if step % log_every == 0 or step == total:
                     trace.append((step, loss_val))
                 state = TrainState(step, total, epoch, loss_val, model, device)
@@ -255,9 +282,12 @@ def train(
                     break
                 if slot is not None and slot.due(step):
                     checkpoint(False, epoch_rng, b + 1)
+                    if fault is not None and fault == (slot.path.name, step):
+                        os.kill(os.getpid(), signal.SIGKILL)
             skip = 0
             epoch += 1
-    result = TrainResult(step, stopped, elapsed + time.perf_counter() - start, samples, loss_val, trace)
+    result = TrainResult(step, stopped, elapsed + time.perf_counter() - start, samples, loss_val, trace,
+                         resumed_from)
     if slot is not None:
         checkpoint(True, rng.getstate(), 0, result)
     model.eval()
