@@ -71,6 +71,10 @@ class Procedure:
     """A registered attack or defense: its typed config and the function that runs it. The CLI, the
     recipes and the Python API all build ``Config`` and call ``run``.
 
+    ``run`` is the function, or ``"module:function"``, imported on first use: a component registers from
+    a torch-free spec module (``bdcli/attacks/specs/``, ``bdcli/defenses/specs/``) with its config, help
+    and catalog fields, so that the CLI, ``bdcli list`` and a recipe's ``--dry-run`` never import torch.
+
     ``inputs(cfg) -> {name: path or named set}`` lists what the procedure reads besides the step's
     model and data (a proxy corpus, say), so that it is hashed into the output's fingerprint.
     """
@@ -88,11 +92,26 @@ class Procedure:
         display: str | None = None,
         order: int = 100,
     ):
-        self.name, self.Config, self.run, self.help = name, Config, run, help
+        self.name, self.Config, self.help = name, Config, help
+        self._run = run
         self.inputs = inputs or (lambda cfg: {})
         # The command line shown under --help; the CLI writes a generic one when None.
         self.example = example
         self.version, self.display, self.order = version, display or name, order
+
+    @property
+    def module(self) -> str:
+        """The module that holds the implementation (named without importing it)."""
+        return self._run.split(":", 1)[0] if isinstance(self._run, str) else self._run.__module__
+
+    @property
+    def run(self) -> Callable:
+        if isinstance(self._run, str):
+            import importlib
+
+            module, _, attr = self._run.partition(":")
+            self._run = getattr(importlib.import_module(module), attr)
+        return self._run
 
 
 @dataclass(frozen=True)
@@ -106,7 +125,8 @@ class Entry:
     order: int
     help: str
     Config: type | None
-    module: str
+    module: str  # where the implementation lives
+    spec_module: str | None = None  # where the config and the catalog entry live, when that is elsewhere
 
 
 def entry(kind: str, name: str) -> Entry:
@@ -115,7 +135,8 @@ def entry(kind: str, name: str) -> Entry:
     if kind == "evaluator":
         return obj
     if isinstance(obj, Procedure):
-        return Entry(kind, name, obj.version, obj.display, obj.order, obj.help, obj.Config, obj.run.__module__)
+        spec = obj.Config.__module__ if obj.Config.__module__ != obj.module else None
+        return Entry(kind, name, obj.version, obj.display, obj.order, obj.help, obj.Config, obj.module, spec)
     # Poisoners are classes: the class attributes are the entry.
     return Entry(kind, name, getattr(obj, "version", 1), getattr(obj, "display", name), getattr(obj, "order", 100),
                  inspect.getdoc(obj) or "", getattr(obj, "Config", None), obj.__module__)
@@ -185,7 +206,7 @@ def import_components(package: str, path) -> None:
 
 
 # Code every component runs through; its digest is pinned to ``bdcli.steps.ENGINE_VERSION``.
-SHARED_CODE = ("engine", "models", "data", "metrics", "poison/base.py", "attacks/base.py", "defenses/base.py",
+SHARED_CODE = ("engine", "train_config.py", "models", "data", "metrics", "poison/base.py", "attacks/base.py", "defenses/base.py",
                "defenses/head.py", "defenses/stop_distance.py", "api.py")
 LOCK = "component-versions.json"
 
@@ -211,8 +232,8 @@ def source_digests() -> dict[str, dict[str, Any]]:
 
     out: dict[str, dict[str, Any]] = {}
     for e in entries():
-        out[f"{e.kind}/{e.name}"] = {"version": e.version,
-                                     "digest": digest([Path(importlib.import_module(e.module).__file__)])}
+        files = [Path(importlib.import_module(m).__file__) for m in (e.module, e.spec_module) if m]
+        out[f"{e.kind}/{e.name}"] = {"version": e.version, "digest": digest(files)}
     shared = []
     for part in SHARED_CODE:
         p = root / part

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine.loop import TrainConfig
+from ..train_config import TrainConfig
 from ..errors import UsageError
 from ..registry import Procedure, Registry
 

@@ -19,7 +19,6 @@ norm is about 1/sqrt(3) = 0.577, so the projection almost never changes it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,34 +26,8 @@ import torch
 from ..data.dataset import TextDataset
 from ..engine.loop import TrainConfig, train
 from ..engine.objectives import cross_entropy, prediction_entropy
-from ..errors import UsageError
 from ..models.load import LoadedModel
-from ..registry import Procedure
-from .base import DEFENSES, DefenseConfig
-
-
-@dataclass
-class FreeLBConfig(DefenseConfig):
-    """Defaults. lr 2e-5: the paper's FT rate (section 5.2); batch size 32 and epochs as FT.
-    The maximum-entropy paper gives no FreeLB settings, FreeLB publishes none for BERT-base, and the
-    reference code's own defaults switch the adversary off (1 step, step size 0, init 0). The values
-    below are the FreeLB authors' SST-2 settings: step size 0.1 and bound 0.6 in both their ALBERT
-    (huggingface-transformers/launch/run_glue.sh) and RoBERTa (fairseq-RoBERTa/launch/FreeLB/sst-fp32-clip.sh)
-    scripts, init magnitude 1.0 in both, K = 3 from the ALBERT script (the RoBERTa one uses 2)."""
-
-    lr: float = 2e-5
-    adv_steps: int = 3  # K: ascent steps (= perturbed forward/backward passes) per batch
-    adv_init_mag: float = 1.0  # magnitude of the random start of δ (0: start at δ = 0)
-    adv_lr: float = 0.1  # ascent step size α on the normalised gradient
-    adv_max_norm: float = 0.6  # ε: bound on each example's ||δ||_2 over all its tokens (0: unbounded)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.adv_steps < 1:
-            raise UsageError(f"adv steps (K) must be at least 1, got {self.adv_steps}")
-        for name in ("adv_init_mag", "adv_lr", "adv_max_norm"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
+from .specs.freelb import FreeLBConfig
 
 
 # --- the perturbation: pure functions of tensors, shapes (batch, tokens, hidden) ---------------------
@@ -171,13 +144,3 @@ def freelb_defense(cfg: FreeLBConfig, victim: LoadedModel, clean: TextDataset) -
         "adversary": {"adv_steps": cfg.adv_steps, "adv_init_mag": cfg.adv_init_mag, "adv_lr": cfg.adv_lr,
                       "adv_max_norm": cfg.adv_max_norm},
     }
-
-
-DEFENSES.register("freelb", display="FreeLB", order=30)(
-    Procedure(
-        "freelb",
-        FreeLBConfig,
-        freelb_defense,
-        "FreeLB: clean fine-tuning with K-step adversarial word-embedding perturbations (Zhu et al. 2020).",
-    )
-)

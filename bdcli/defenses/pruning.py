@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -34,26 +33,7 @@ from ..engine.loop import TrainConfig, TrainState, train
 from ..engine.objectives import cross_entropy
 from ..errors import BdcliError, UsageError
 from ..models.load import LoadedModel
-from ..registry import Procedure
-from .base import DEFENSES, DefenseConfig
-
-
-@dataclass
-class FinePruningConfig(DefenseConfig):
-    """Defaults: prune ratio 0.5 (Appendix B.3, SST-2; use 0.6 for AG's News); re-training at FT's
-    lr 2e-5 for FT's epochs (section 5.2); batch size 32 as every method in the paper."""
-
-    lr: float = 2e-5
-    prune_ratio: float = 0.5  # share of each encoder weight matrix set to zero
-    prune_batches: int | None = None  # clean batches the importance is averaged over (None: the whole clean set)
-    retrain: bool = True  # re-train after pruning (False: pruning only, the paper's Figure 8)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 <= self.prune_ratio < 1:
-            raise UsageError(f"prune ratio must be in [0, 1), got {self.prune_ratio}")
-        if self.prune_batches is not None and self.prune_batches < 1:
-            raise UsageError(f"prune batches must be at least 1, got {self.prune_batches}")
+from .specs.pruning import FinePruningConfig
 
 
 Batch = dict[str, torch.Tensor]
@@ -205,13 +185,3 @@ def fine_pruning_defense(cfg: FinePruningConfig, victim: LoadedModel, clean: Tex
         summary["retrain"] = None
     summary["warnings"] = warnings
     return summary
-
-
-DEFENSES.register("fine-pruning", display="FP", order=40)(
-    Procedure(
-        "fine-pruning",
-        FinePruningConfig,
-        fine_pruning_defense,
-        "Fine-Pruning: zero --prune-ratio of each encoder weight matrix by Taylor importance, re-train on clean data (Liu et al. 2018).",
-    )
-)

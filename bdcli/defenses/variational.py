@@ -10,7 +10,6 @@ working (Table 4); bdcli has it to reproduce that comparison.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,25 +17,11 @@ from torch import nn
 
 from ..data.dataset import TextDataset
 from ..engine.inference import representation
-from ..errors import UsageError
 from ..models.load import LoadedModel
-from ..registry import Procedure
-from .base import DEFENSES
-from .maxent import PullConfig, pull_then_retrain
+from .specs.variational import VariationalConfig
+from .maxent import pull_then_retrain
 
 MODULE = "bdcli_variational"
-
-
-@dataclass
-class VariationalConfig(PullConfig):
-    # The paper gives no sizes; one hidden layer as wide as the encoder and a 64-d Gaussian here.
-    vib_hidden: int = 0  # 0: the encoder's hidden size
-    vib_latent: int = 64
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.vib_hidden < 0 or self.vib_latent < 1:
-            raise UsageError("vib hidden must be >= 0 (0: the encoder's size) and vib latent >= 1")
 
 
 class GaussianHead(nn.Module):
@@ -68,14 +53,3 @@ def variational_defense(cfg: VariationalConfig, victim: LoadedModel, clean: Text
         delattr(model, MODULE)
 
     return pull_then_retrain(cfg, victim, clean, objective=objective, name="variational", after_stage1=detach)
-
-
-DEFENSES.register("variational", display="Variational", order=70)(
-    Procedure(
-        "variational",
-        VariationalConfig,
-        variational_defense,
-        "Appendix G baseline: pull clean representations onto one Gaussian (KL to N(0, I)) until SD < --sd, "
-        "then cross-entropy re-training.",
-    )
-)
