@@ -194,9 +194,11 @@ def run_recipe(
     set_: List[str] = typer.Option([], "--set", help="Override any recipe field, repeatable: --set seeds=[1,2] --set attacks.badnets.attack.epochs=1."),
     only: Optional[str] = typer.Option(None, "--only", help="Run only the cells matching this pattern: dataset/attack/seed/defense, e.g. 'sst2/badnets/*' or '*/ft'."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64, help="Steps run in parallel, each in its own process; the cores are split between them."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=256, help="Torch threads per step (default: cores / jobs). Results are bit-identical only at the same thread count."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=256, help="Torch threads per step (default: cores / jobs; with --executor ray: 1, and each step reserves that many CPUs of the cluster). Results are bit-identical only at the same thread count."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (steps, shared steps, steps already done, training steps) and run nothing."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Stop the whole run after this many seconds (finished steps are kept)."),
+    executor: str = typer.Option("local", "--executor", help="Where steps run: 'local' (processes on this machine) or 'ray' (a Ray cluster, see --address)."),
+    address: Optional[str] = typer.Option(None, "--address", help="--executor ray: 'local' (start Ray here), 'auto' (the cluster this machine joined), host:port or ray://host:port. --out must then be on storage every node mounts."),
 ) -> None:
     """Reproduce a whole table from one YAML recipe: expand its matrix (data sets x seeds x attacks x
     defenses) into steps, run each step once (a victim serves all its defenses), reuse every finished
@@ -207,23 +209,44 @@ def run_recipe(
     with guard():
         from ..recipes import describe_plan, expand, load_recipe
 
+        from ..errors import UsageError
+
+        if executor not in ("local", "ray"):
+            raise UsageError(f"unknown executor {executor!r}; use local or ray")
+        if executor == "ray":
+            from ..recipes.ray_executor import check_address
+
+            check_address(address or "")
+        elif address is not None:
+            raise UsageError("--address names a Ray cluster: use it with --executor ray")
         rec = load_recipe(recipe, profile, list(set_))
         plan = expand(rec, only)
         folder = out or Path("runs") / (rec.name + (f"-{profile}" if profile else ""))
         if dry_run:
             typer.echo(describe_plan(plan, folder if folder.exists() else None))
             return
-        _run_plan(rec, plan, folder, jobs, threads, timeout, profile)
+        _run_plan(rec, plan, folder, jobs, threads, timeout, profile, executor, address)
 
 
-def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: float | None, profile: str | None) -> None:
+def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: float | None, profile: str | None,
+              executor_name: str = "local", address: str | None = None) -> None:
     from ..progress import enabled
     from ..recipes import LocalProcessExecutor, default_threads, gather_records, print_event, run_plan
     from ..report import build_table, write_report
 
-    executor = LocalProcessExecutor(jobs, threads or default_threads(jobs))
+    if executor_name == "ray":
+        from ..recipes.ray_executor import RayExecutor
+
+        # Workers resolve paths on their own nodes: the store is named by its absolute path.
+        folder = folder.resolve()
+        executor = RayExecutor(address, jobs, threads or 1, folder)
+    else:
+        executor = LocalProcessExecutor(jobs, threads or default_threads(jobs))
     live = enabled()
-    summary = run_plan(plan, folder, executor, on_event=None if live else print_event, live=live, timeout_s=timeout)
+    try:
+        summary = run_plan(plan, folder, executor, on_event=None if live else print_event, live=live, timeout_s=timeout)
+    finally:
+        executor.stop()
     ran = [i for i, s in summary.status.items() if s == "done" and i not in summary.reused]
     typer.echo(f"{len(ran)} steps ran, {len(summary.reused)} reused, {len(summary.failed)} failed, "
                f"{sum(1 for s in summary.status.values() if s == 'skipped')} skipped (after a failure) in "
