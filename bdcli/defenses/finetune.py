@@ -8,6 +8,7 @@ from typing import Any
 from ..data.dataset import TextDataset
 from ..engine.loop import TrainConfig, train
 from ..models.load import LoadedModel
+from .base import DefenseConfig
 from .specs.finetune import FTConfig, FTHConfig  # noqa: F401  (re-exported)
 
 
