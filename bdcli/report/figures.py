@@ -329,6 +329,8 @@ def sweep_figures(records: list[dict[str, Any]], inputs: Inputs, recipe: str | P
     if not runs:
         return []
     configs = {label: (name, cfg) for _, name, cfg, label in runs}
+    if report.get("sweep") is not None and not isinstance(report["sweep"], str):
+        raise BdcliError(f"the recipe's report.sweep must name one config option, got {report['sweep']!r}")
     x_field = report.get("sweep") or _swept_field(configs.values())
     if x_field is None:
         return []
