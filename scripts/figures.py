@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             records = collect(args.runs)
-        except BdcliError:
+        except BdcliError as e:
+            if not str(e).startswith("no metrics.json under"):
+                raise
             records = []
         figures = draw_figures(args.runs, args.out, records=records, recipe=args.recipe)
     except BdcliError as e:

@@ -289,3 +289,11 @@ def test_a_probe_with_a_percent_acc_is_refused(tmp_path):
     (tmp_path / "probe.json").write_text(json.dumps(doc))
     res = bdcli("report", tmp_path, "--out", tmp_path / "r", ok=False)
     assert res.exit_code == 1 and "not a fraction" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_a_broken_metrics_file_beside_figure_inputs_still_stops(report_inputs, tmp_path):
+    root, _, _ = report_inputs
+    shutil.copytree(root / "probe", tmp_path / "probe")
+    (tmp_path / "probe" / "metrics.json").write_text("{not json")
+    res = bdcli("report", tmp_path / "probe", "--out", tmp_path / "r", ok=False)
+    assert res.exit_code == 1 and "not a readable JSON file" in res.output and not (tmp_path / "r").exists()

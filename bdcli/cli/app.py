@@ -257,10 +257,13 @@ def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, tit
     from ..report import build_table, collect, write_report
     from ..report.figures import draw_figures, find_inputs
 
+    from ..report.table import METRICS_FILE
+
     try:
         records = collect(paths)
-    except BdcliError:
-        if not find_inputs(paths):
+    except BdcliError as e:
+        # Only "nothing to tabulate" gives way to a page of figures; a broken metrics.json still stops.
+        if not str(e).startswith(f"no {METRICS_FILE} under") or not find_inputs(paths):
             raise
         records = []  # figure inputs only (a probe, a dynamics table): a page of figures, no table
     figures = draw_figures(paths, out / "figures", records=records, recipe=recipe) if plots else []
