@@ -297,8 +297,8 @@ def list_components(
 def report(
     paths: List[Path] = typer.Argument(..., help="metrics.json files or folders to search for them."),
     fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, csv, latex, html, json or rich."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table to this file instead of stdout."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Print the paper's numbers of this recipe beside ours."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table to this file instead of stdout; a FOLDER (existing, or a name without a suffix) gets the whole report: every format, figures/*.png and one self-contained report.html."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Print the paper's numbers of this recipe beside ours; its report.sweep names the x axis of the sweep figures."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="A JSON report (--format json) to check against: exit 1 if a number drifts past --tolerance."),
     tolerance: float = typer.Option(1.0, "--tolerance", help="Allowed drift for --compare, in percentage points."),
     no_plots: bool = typer.Option(False, "--no-plots", help="With --out FOLDER: write the tables only, no figures (matplotlib not needed)."),
