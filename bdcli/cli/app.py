@@ -261,10 +261,39 @@ def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: 
 
         meta["versions"] = versions()
         title = rec.name + (f" ({profile} profile)" if profile else "")
+        figures = []
+        try:
+            from ..report.figures import draw_figures
+
+            figures = draw_figures([folder], folder / "figures", records=records, recipe=rec.path)
+        except BdcliError as e:  # the numbers are in; a figure that cannot be drawn must not fail the run
+            typer.echo(f"figures not drawn: {e}", err=True)
         typer.echo(write_report(build_table(records), folder, title=title, paper=rec.report.get("paper"), meta=meta,
-                                notes=rec.notes))
+                                notes=rec.notes, figures=figures))
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, title: str, plots: bool) -> None:
+    """``bdcli report ... --out FOLDER``: tables, figures and the one-page HTML report in FOLDER."""
+    from ..errors import BdcliError
+    from ..report import build_table, collect, write_report
+    from ..report.figures import draw_figures, find_inputs
+
+    from ..report.table import METRICS_FILE
+
+    try:
+        records = collect(paths)
+    except BdcliError as e:
+        # Only "nothing to tabulate" gives way to a page of figures; a broken metrics.json still stops.
+        if not str(e).startswith(f"no {METRICS_FILE} under") or not find_inputs(paths):
+            raise
+        records = []  # figure inputs only (a probe, a dynamics table): a page of figures, no table
+    figures = draw_figures(paths, out / "figures", records=records, recipe=recipe) if plots else []
+    text = write_report(build_table(records) if records else None, out, title=title, paper=paper, figures=figures)
+    typer.echo(text)
+    typer.echo(f"wrote {out / 'report.html'}" + (f" with {len(figures)} figure(s) in {out / 'figures'}" if figures else ""),
+               err=True)
 
 
 @app.command("list")
@@ -291,28 +320,40 @@ def list_components(
 def report(
     paths: List[Path] = typer.Argument(..., help="metrics.json files or folders to search for them."),
     fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, csv, latex, html, json or rich."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table to this file instead of stdout."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Print the paper's numbers of this recipe beside ours."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table to this file instead of stdout; a FOLDER (existing, or a name without a suffix) gets the whole report: every format, figures/*.png and one self-contained report.html."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Print the paper's numbers of this recipe beside ours; its report.sweep names the x axis of the sweep figures."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="A JSON report (--format json) to check against: exit 1 if a number drifts past --tolerance."),
     tolerance: float = typer.Option(1.0, "--tolerance", help="Allowed drift for --compare, in percentage points."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="With --out FOLDER: write the tables only, no figures (matplotlib not needed)."),
+    title: Optional[str] = typer.Option(None, "--title", help="Title of the report page (default: the recipe's name or 'bdcli report')."),
 ) -> None:
     """Gather metrics.json files into the papers' table layout: ACC/ASR per attack and method, the Δ
     column (mean ASR drop against the victim), best in bold and second best underlined.
 
-    Example: bdcli report runs/ --format markdown
+    With --out FOLDER (an existing folder or a name without a suffix) it writes the whole report there:
+    report.md/.csv/.tex/.json, figures/*.png for every figure the inputs allow (SD traces, probe-sd's
+    Figure 5 and 9-10, training dynamics, t-SNE, sweeps of a recipe store, trigger RMSE), and
+    report.html, one self-contained page holding the tables and the figures.
+
+    Example: bdcli report runs/ --format markdown; bdcli report runs/store --recipe R.yaml --out runs/store
     """
     from ..report import FORMATS, build_table, collect, render, rich_table
 
     with guard():
-        from ..errors import UsageError
+        from ..errors import BdcliError, UsageError
 
         if fmt not in FORMATS and fmt not in ("rich", "json"):
             raise UsageError(f"unknown format {fmt!r}; use one of {', '.join([*FORMATS, 'json', 'rich'])}")
         paper = None
+        doc = {}
         if recipe is not None:
             from ..recipes import read_yaml
 
-            paper = (read_yaml(recipe).get("report") or {}).get("paper")
+            doc = read_yaml(recipe)
+            paper = (doc.get("report") or {}).get("paper")
+        if out is not None and compare is None and (out.is_dir() or not out.suffix):
+            _report_folder(list(paths), out, recipe, paper, title or str(doc.get("name") or "bdcli report"), not no_plots)
+            return
         table = build_table(collect(list(paths)))
         if compare is not None:
             from ..report import drift

@@ -123,26 +123,36 @@ def _seeds_line(table: pd.DataFrame) -> str:
             "training steps and seconds of the step that made each model.")
 
 
-def write_report(table: pd.DataFrame, out: Path, *, title: str, paper: dict[str, Any] | None = None,
-                 meta: dict[str, Any] | None = None, notes: list[str] = ()) -> str:
-    """``report.md`` / ``.csv`` / ``.tex`` / ``.html`` / ``.json`` in ``out``; returns the Markdown."""
+def write_report(table: pd.DataFrame | None, out: Path, *, title: str, paper: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None, notes: list[str] = (), figures: list = ()) -> str:
+    """``report.md`` / ``.csv`` / ``.tex`` / ``.html`` / ``.json`` in ``out``; returns the Markdown.
+
+    ``figures`` (``figures.Figure`` items, their PNG files under ``out/figures``) are linked from the
+    Markdown and embedded in ``report.html``, which then holds everything in one file. Without a
+    table (figure inputs only), only ``report.md`` and ``report.html`` are written."""
+    from .page import html_page
     from .table import render
 
     out.mkdir(parents=True, exist_ok=True)
-    comparison = paper_comparison(table, paper) if paper else pd.DataFrame()
-    md = [f"# {title}", "", _seeds_line(table), "", render(table, "markdown")]
+    comparison = paper_comparison(table, paper) if paper and table is not None else pd.DataFrame()
+    md = [f"# {title}", ""]
+    if table is not None:
+        md += [_seeds_line(table), "", render(table, "markdown")]
     if not comparison.empty:
         md += ["## Beside the paper (percent; Diff = ours - paper)", "", render_comparison(comparison, "markdown")]
     if notes:
         md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
-    files = {
-        "report.md": "\n".join(md),
-        "report.csv": render(table, "csv"),
-        "report.tex": render(table, "latex"),
-        "report.html": "<!doctype html><meta charset=utf-8><title>{0}</title><h1>{0}</h1>\n{1}{2}".format(
-            title, render(table, "html"), render_comparison(comparison, "html") if not comparison.empty else ""),
-        "report.json": to_json(table, paper, meta),
-    }
+    if figures:
+        md += ["## Figures", "", *[f"![{f.caption}](figures/{f.name})\n\n{f.caption}\n" for f in figures]]
+    blocks = []
+    if table is not None:
+        blocks += [f"<p>{_seeds_line(table)}</p>", render(table, "html")]
+    if not comparison.empty:
+        blocks += ["<h2>Beside the paper (percent; Diff = ours - paper)</h2>", render_comparison(comparison, "html")]
+    files = {"report.md": "\n".join(md), "report.html": html_page(title, blocks, figures, notes)}
+    if table is not None:
+        files.update({"report.csv": render(table, "csv"), "report.tex": render(table, "latex"),
+                      "report.json": to_json(table, paper, meta)})
     if not comparison.empty:
         files["paper-comparison.csv"] = render_comparison(comparison, "csv")
     for name, text in files.items():
