@@ -172,6 +172,15 @@ def defend(
                     resume=resume, lock_wait_s=lock_wait_s)
 
 
+def probe_sd(cfg: Any, model: str, data: DataSpec, asr_data: DataSpec | None, out: str | Path, *, force: bool = False,
+             resume: bool = False, lock_wait_s: float = 0) -> StepResult:
+    """One maximum-entropy pass, a snapshot at each Stop Distance threshold of ``cfg.sd``, each re-trained
+    and evaluated (ACC on ``data``'s clean test split, ASR on ``asr_data``): see ``bdcli.probe.sd``."""
+    from .probe.command import probe_sd as _probe_sd
+
+    return _probe_sd(cfg, model, data, asr_data, out, force=force, resume=resume, lock_wait_s=lock_wait_s)
+
+
 @dataclass
 class EvalConfig:
     batch_size: int = 128
@@ -298,4 +307,4 @@ def _register_evaluator() -> None:
 
 _register_evaluator()
 
-__all__ = ["DataSpec", "EvalConfig", "poison", "attack", "defend", "evaluate", "read_metrics", "read_manifest"]
+__all__ = ["DataSpec", "EvalConfig", "poison", "attack", "defend", "evaluate", "probe_sd", "read_metrics", "read_manifest"]

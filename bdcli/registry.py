@@ -142,7 +142,7 @@ def entry(kind: str, name: str) -> Entry:
                  inspect.getdoc(obj) or "", getattr(obj, "Config", None), obj.__module__)
 
 
-KINDS = ("poisoner", "attack", "defense", "evaluator")
+KINDS = ("poisoner", "attack", "defense", "evaluator", "prober")
 
 
 def entries(kind: str | None = None) -> list[Entry]:
@@ -191,6 +191,10 @@ def _registry(kind: str) -> Registry:
         from .steps import EVALUATORS
 
         return EVALUATORS
+    if kind == "prober":
+        from .probe import PROBES
+
+        return PROBES
     raise UsageError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
 
 

@@ -26,7 +26,7 @@ from .registry import Entry, Registry
 
 KINDS = ("poison", "attack", "defend", "evaluate", "probe", "report")
 # kind of step -> kind of catalog entry
-CATALOG_KIND = {"poison": "poisoner", "attack": "attack", "defend": "defense", "evaluate": "evaluator"}
+CATALOG_KIND = {"poison": "poisoner", "attack": "attack", "defend": "defense", "evaluate": "evaluator", "probe": "prober"}
 
 # Shared code every step runs through (the training loop, loading, data folders, metrics). Bump it when
 # that code changes results; tests/test_catalog.py pins it to a digest of those packages.
@@ -34,6 +34,9 @@ ENGINE_VERSION = 1
 
 # Settings that change where a step runs or how it can be resumed, not what it computes.
 NOT_FINGERPRINTED = frozenset({"device", "checkpoint_every", "label"})
+# Options that add a file to an output and change nothing else: left out of the fingerprint while off, so
+# that outputs made before the option existed keep their fingerprints.
+OFF_VALUES = {"record_dynamics": 0, "geometry": False, "trigger_rmse": None}
 
 EVALUATORS: Registry[Entry] = Registry("evaluator")
 
@@ -117,7 +120,8 @@ def fingerprint_payload(step: Step, ref_fingerprints: dict[str, str] | None = No
         "version": step.entry.version,
         "engine": ENGINE_VERSION,
         # An input's identity is its fingerprint, not the path the config names it by.
-        "config": {k: v for k, v in cfg.items() if k not in NOT_FINGERPRINTED and k not in inputs},
+        "config": {k: v for k, v in cfg.items() if k not in NOT_FINGERPRINTED and k not in inputs
+                   and not (k in OFF_VALUES and v == OFF_VALUES[k])},
         "inputs": inputs,
     }
 
@@ -269,6 +273,10 @@ def execute(step: Step, out: str | Path, *, force: bool = False, resume: bool = 
         return api.defend(step.name, cfg, str(step.inputs["model"]), data, out, **kw)
     if step.kind == "evaluate":
         return api.evaluate(cfg, str(step.inputs["model"]), data, out, **kw)
+    if step.kind == "probe":
+        asr = step.inputs.get("asr_data")
+        asr = asr if asr is None or isinstance(asr, api.DataSpec) else api.DataSpec(str(asr))
+        return api.probe_sd(cfg, str(step.inputs["model"]), data, asr, out, **kw)
     raise UsageError(f"steps of kind {step.kind!r} are not executed by bdcli.steps.execute")
 
 

@@ -33,8 +33,13 @@ class TrainConfig:
     # Maximum entropy as a regulariser of cross-entropy (the maximum-entropy paper's de-biasing use,
     # section 5.6): loss = CE - alpha * H(q). 0 turns it off.
     entropy_alpha: float = 0.0
+    # Record representation geometry, ACC and ASR on fixed probes every this many steps (0: off);
+    # the command attaches the recorder (bdcli/probe/dynamics.py) through engine.loop.EXTRA_HOOKS.
+    record_dynamics: int = 0
 
     def __post_init__(self) -> None:
+        if self.record_dynamics < 0:
+            raise UsageError(f"--record-dynamics must be >= 0 steps, got {self.record_dynamics}")
         if self.entropy_alpha < 0:
             raise UsageError(f"entropy alpha must be >= 0, got {self.entropy_alpha}")
         if self.checkpoint_every < 0:

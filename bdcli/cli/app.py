@@ -184,6 +184,33 @@ def _register_components() -> None:
             "Example: bdcli evaluate --model runs/maxent --data runs/sst2-badnets --out runs/maxent-eval"
         ),
     )(_command(api.EvalConfig, _step_call("evaluate", "standard"), with_model=True))
+    _register_probe_sd()
+
+
+def _register_probe_sd() -> None:
+    from ..probe import PROBES
+
+    proc = PROBES.get("sd")
+    asr_opt = _opt("asr_data", None, "--asr-data", ann=Optional[str],
+                   help="Poisoned data (a `bdcli poison` folder) whose test-poison split measures ASR.")
+
+    def run(Config, values, *, model, asr_data, data, data_dir, text_col, label_col, encoding, drop_bad_rows, out,
+            force, resume, json_out):
+        from ..api import DataSpec
+        from ..steps import Step, execute
+
+        with guard():
+            cfg = Config(**values)
+            inputs = {"model": model, "data": _data_spec(data, data_dir, text_col, label_col, encoding, drop_bad_rows)}
+            if asr_data is not None:
+                inputs["asr_data"] = DataSpec(asr_data, data_dir)
+            result = execute(Step("probe", "sd", cfg, inputs), out, force=force, resume=resume)
+            if not json_out:
+                typer.echo((Path(result.out) / "probe.md").read_text().rstrip())
+            _print_result(result, json_out)
+
+    app.command("probe-sd", help=f"{proc.help}\n\nExample: {proc.example}", short_help=_short(proc.help))(
+        command_from_config(proc.Config, [MODEL_OPT, asr_opt] + DATA_OPTS + OUT_OPTS, run))
 
 
 @app.command("run")

@@ -108,3 +108,10 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, meta: dict[str, Any], tensor
     for idx, st in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(st)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def active_root() -> Path | None:
+    """The folder of the active command's checkpoints (kept on a kill, removed once it published),
+    where a command keeps what else must survive a kill (probe-sd's snapshots)."""
+    store = _ACTIVE.get()
+    return store.root if store is not None else None

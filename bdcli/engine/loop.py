@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Protocol, Union
 
@@ -22,6 +23,10 @@ from .device import autocast, resolve_device
 from .objectives import OBJECTIVES, prediction_entropy
 # The config lives in a torch-free module, so that the CLI and recipes build it without importing torch.
 from ..train_config import SCHEDULES, TrainConfig  # noqa: F401  (re-exported)
+
+# Hooks a command adds to every train() call it makes (the --record-dynamics recorder), so that no
+# procedure has to pass them along: a callable (model, tokenizer, desc) -> list of hooks.
+EXTRA_HOOKS: ContextVar[Callable | None] = ContextVar("bdcli_extra_hooks", default=None)
 
 # A registered name of a (logits, labels) loss, or a callable (model, batch) -> loss for procedures
 # whose loss is not a function of the logits alone (RIPPLe's gradient penalty, NeuBA's MLM loss).
@@ -133,6 +138,8 @@ def train(
             return loss - alpha * prediction_entropy(logits).mean() if alpha else loss
 
     hooks = list(hooks)
+    if (extra := EXTRA_HOOKS.get()) is not None:
+        hooks += extra(model, tokenizer, desc)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     rng = random.Random(cfg.seed)

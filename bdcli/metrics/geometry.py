@@ -55,3 +55,21 @@ def stop_distance(
 def within_group_variance(reps: torch.Tensor) -> float:
     """The paper's within-group dissimilarity: the mean over dimensions of the per-dimension variance."""
     return float(reps.double().var(dim=0, unbiased=False).mean())
+
+
+GEOMETRY_GROUPS = ("target", "nontarget", "poison")
+
+
+def group_geometry(groups: dict[str, torch.Tensor | None]) -> dict[str, float | None]:
+    """The maximum-entropy paper's Figures 2-4 at one point: the squared Euclidean distance between the
+    centroids of each pair of groups (the Stop Distance's measure) and each group's within-group
+    variance. Groups are clean target-label rows, clean non-target rows and poisoned rows; a group that
+    is absent (None or no row) gets None for every number it enters."""
+    present = {g: r.double() for g, r in groups.items() if r is not None and len(r)}
+    out: dict[str, float | None] = {}
+    for a, b in itertools.combinations(GEOMETRY_GROUPS, 2):
+        out[f"d_{a}_{b}"] = (squared_distance(present[a].mean(0), present[b].mean(0))
+                             if a in present and b in present else None)
+    for g in GEOMETRY_GROUPS:
+        out[f"var_{g}"] = within_group_variance(present[g]) if g in present else None
+    return out

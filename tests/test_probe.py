@@ -1,0 +1,118 @@
+"""probe-sd: each threshold's snapshot and defended model equal an independent `defend maxent` run bit for
+bit; a killed probe resumes redoing nothing; bad threshold lists are refused. The training-dynamics
+recorder against hand-computed geometry; evaluate --geometry and the trigger RMSE."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import bdcli
+
+THRESHOLDS = "0.6,0.4,0.3,0.2"
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def victim(tmp_path_factory, small_sst2, tiny_encoder, one_thread) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("probe")
+    poisoned, model = root / "poisoned", root / "victim"
+    bdcli("poison", "badnets", "--data", small_sst2, "--rate", "0.1", "--target", "1", "--out", poisoned)
+    bdcli("attack", "finetune", "--model", tiny_encoder, "--data", poisoned, "--lr", "2e-3", "--epochs", "2",
+          "--batch-size", "16", "--out", model)
+    return poisoned, model
+
+
+# Stage 1 at a rate that crosses every threshold within a few dozen steps; a floor of 6 steps so that the
+# probe follows maxent's min-steps rule too; a short stage 2.
+COMMON = ["--clean-fraction", "0.5", "--maxent-lr", "1e-3", "--maxent-min-steps", "6", "--maxent-max-steps", "60",
+          "--sd-every", "2", "--sd-samples", "64", "--batch-size", "16", "--max-steps", "6", "--sd-relative"]
+
+
+@pytest.fixture(scope="module")
+def probe(victim, small_sst2, tmp_path_factory) -> Path:
+    poisoned, model = victim
+    out = tmp_path_factory.mktemp("probe-out") / "probe"
+    import bdcli.probe.sd as sd_module
+
+    snapshots: dict[str, dict[str, torch.Tensor]] = {}
+    real_load = sd_module.load_model
+
+    def spy(model, path):  # the snapshot each stage 2 starts from, as saved at the crossing
+        snapshots[Path(path).name] = load_file(path)
+        return real_load(model, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sd_module, "load_model", spy)
+        bdcli("probe-sd", "--model", model, "--data", small_sst2, "--sd", THRESHOLDS, "--asr-data", poisoned, *COMMON,
+              "--record-dynamics", "10", "--out", out)
+    return out, snapshots
+
+
+def test_probe_table_and_trace(probe):
+    probe, _ = probe
+    p = json.loads((probe / "probe.json").read_text())
+    print(json.dumps({k: v for k, v in p.items() if k != "sd_trace"}, indent=1))
+    assert p["thresholds"] == [0.6, 0.4, 0.3, 0.2]
+    assert p["unreached"] == [] and len(p["rows"]) == 4
+    steps = [r["stage1_steps"] for r in p["rows"]]
+    assert steps == sorted(steps) and steps[0] >= 6
+    trace = dict((s, sd) for s, sd in p["sd_trace"])
+    sd0 = trace[0]
+    for r in p["rows"]:
+        # The snapshot is at the first measurement (past the floor) below the threshold.
+        assert trace[r["stage1_steps"]] == r["sd_reached"] < r["threshold"] * sd0
+        assert all(sd >= r["threshold"] * sd0 for s, sd in trace.items() if 6 <= s < r["stage1_steps"])
+        assert r["stage2_steps"] == 6 and 0 <= r["acc"] <= 1 and 0 <= r["asr"] <= 1
+        assert (probe / r["model"] / "model.safetensors").exists()
+    assert p["stage1_steps_single_pass"] == steps[-1]
+    assert p["stage1_steps_independent"] == sum(steps) and p["saved_steps"] == sum(steps) - steps[-1]
+    m = json.loads((probe / "manifest.json").read_text())
+    assert m["step"]["kind"] == "probe" and m["step"]["name"] == "sd" and m["fingerprint"]
+    assert (probe / "probe.md").read_text().startswith("| SD threshold")
+
+
+@pytest.mark.parametrize("which", [0, 3])
+def test_each_threshold_equals_an_independent_maxent_run(which, probe, victim, small_sst2, tmp_path):
+    probe, snapshots = probe
+    poisoned, model = victim
+    row = json.loads((probe / "probe.json").read_text())["rows"][which]
+    import bdcli.defenses.maxent as maxent_module
+
+    stage1: dict[str, torch.Tensor] = {}
+    real_train = maxent_module.train
+
+    def spy(model_, *args, **kw):
+        result = real_train(model_, *args, **kw)
+        if not stage1:  # maxent's first training call is stage 1
+            stage1.update({k: v.detach().clone() for k, v in model_.state_dict().items()})
+        return result
+
+    out = tmp_path / "maxent"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(maxent_module, "train", spy)
+        bdcli("defend", "maxent", "--model", model, "--data", small_sst2, "--sd", str(row["threshold"]), *COMMON,
+              "--out", out)
+    m = json.loads((out / "manifest.json").read_text())["summary"]
+    assert m["stage1"]["steps"] == row["stage1_steps"] and m["stage1"]["sd_end"] == row["sd_reached"]
+    snap = snapshots[f"snapshot-{which}.safetensors"]
+    assert snap and all(torch.equal(snap[k], stage1[k]) for k in snap)  # stage-1 weights, bit for bit
+    assert _same(_weights(out), _weights(probe / row["model"]))  # the defended model, bit for bit
+    ev = tmp_path / "eval"
+    bdcli("evaluate", "--model", probe / row["model"], "--data", poisoned, "--out", ev)
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert (metrics["acc"], metrics["asr"]) == (row["acc"], row["asr"])
