@@ -116,3 +116,71 @@ def test_each_threshold_equals_an_independent_maxent_run(which, probe, victim, s
     bdcli("evaluate", "--model", probe / row["model"], "--data", poisoned, "--out", ev)
     metrics = json.loads((ev / "metrics.json").read_text())
     assert (metrics["acc"], metrics["asr"]) == (row["acc"], row["asr"])
+
+
+def test_killed_probe_resumes_redoing_nothing(probe, victim, small_sst2, tmp_path):
+    ref, _ = probe
+    poisoned, model = victim
+    out = tmp_path / "killed"
+    args = ["probe-sd", "--model", str(model), "--data", str(small_sst2), "--sd", THRESHOLDS, "--asr-data", str(poisoned),
+            *COMMON, "--record-dynamics", "10", "--checkpoint-every", "3", "--out", str(out)]
+    # train-1 is stage 1; train-4 is the third threshold's stage 2: killed right after its step-3 checkpoint.
+    env = {**os.environ, "BDCLI_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "BDCLI_FAULT_KILL_AT": "train-4:3",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "OMP_NUM_THREADS": "1"}  # the thread count of the in-process reference (one_thread): bit-identical
+    proc = subprocess.run([sys.executable, "-m", "bdcli.cli.app", *args], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert not out.exists() and list(tmp_path.glob(".killed.ckpt-*/snapshots/snapshot-3.safetensors"))
+
+    import bdcli.engine.loop as loop
+    import bdcli.probe.command as command
+
+    counts = {"steps": 0, "evals": 0}
+    real_collate, real_eval = loop.collate, command._acc_asr
+
+    def count_step(*a, **kw):
+        counts["steps"] += 1
+        return real_collate(*a, **kw)
+
+    def count_eval(*a, **kw):
+        counts["evals"] += 1
+        return real_eval(*a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "collate", count_step)
+        mp.setattr(command, "_acc_asr", count_eval)
+        bdcli(*args[:-1], str(out), "--resume")
+    # Only the rest of the killed stage 2 (3 of 6 steps) and the last threshold's stage 2 (6) ran again;
+    # the two thresholds evaluated before the kill were not re-evaluated.
+    assert counts == {"steps": 3 + 6, "evals": 2}
+    a, b = json.loads((ref / "probe.json").read_text()), json.loads((out / "probe.json").read_text())
+    drop = ("stage1_seconds", "stage2_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a["rows"]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in b["rows"]]
+    assert a["sd_trace"] == b["sd_trace"]
+    for r in a["rows"]:
+        assert _same(_weights(ref / r["model"]), _weights(out / r["model"]))
+    assert (ref / "dynamics.csv").read_text() == (out / "dynamics.csv").read_text()
+
+
+@pytest.mark.parametrize("bad", ["", " , ", "0.1,0.2", "0.1,0.05,0.05", "0.1,inf", "0.1,nan", "0.1,-0.5", "0.1,abc"])
+def test_bad_threshold_lists_get_one_line_and_exit_2(bad, victim, small_sst2, tmp_path):
+    res = bdcli("probe-sd", "--model", victim[1], "--data", small_sst2, "--sd", bad, "--out", tmp_path / "x", ok=False)
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "threshold" in lines[0], res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_unreachable_thresholds_stop_with_those_reached(victim, small_sst2, tmp_path):
+    poisoned, model = victim
+    out = tmp_path / "probe"
+    args = [*COMMON]
+    args[args.index("--maxent-max-steps") + 1] = "20"
+    res = bdcli("probe-sd", "--model", model, "--data", small_sst2, "--sd", "0.7,1e-6,1e-7", "--asr-data", poisoned,
+                *args, "--out", out)
+    p = json.loads((out / "probe.json").read_text())
+    assert [r["threshold"] for r in p["rows"]] == [0.7] and p["unreached"] == [1e-6, 1e-7]
+    assert p["stage1_steps_single_pass"] == 20 and p["stage1_steps_independent"] == p["rows"][0]["stage1_steps"] + 2 * 20
+    assert "never fell below 1e-06, 1e-07 within 20" in res.output
+    assert not (out / "sd-1e-06").exists()

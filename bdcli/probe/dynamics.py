@@ -118,7 +118,7 @@ class DynamicsHook:
         self.rows.append({"stage": self.stage, "step": step, **m})
 
     def on_step(self, state: TrainState) -> bool:
-        if state.step % self.every == 0:
+        if state.step % self.every == 0 or state.step == state.total_steps:
             self.record(state.model, state.step, state.device)
         return False
 
