@@ -97,7 +97,12 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
     inherited = base.get("attack") not in (None, "clean")
 
     def body(tmp: Path) -> dict[str, Any]:
-        loaded, summary = proc.run(cfg, corpus)
+        from .probe.dynamics import finish, recorder_for, recording
+
+        rec = recorder_for(cfg, corpus.split("test"), corpus.splits.get("test-poison"), poison_record.get("target"))
+        with recording(rec):
+            loaded, summary = proc.run(cfg, corpus)
+        summary = finish(rec, tmp, summary)
         save_classifier(loaded, tmp)
         return {
             "device": str(_device_of(loaded.model)),
@@ -159,7 +164,15 @@ def defend(
                 f"model {model} has no classification head; `defend {name}` in the outsourcing scenario needs a "
                 f"classifier (an encoder alone is the transfer scenario: pass --scenario transfer)"
             )
-        summary = proc.run(cfg, victim, clean)
+        from .probe.dynamics import finish, lineage_poison, recorder_for, recording
+
+        # A defense's data is clean: the poisoned probe rows come from the data the victim was made from.
+        lineage = lineage_poison(model_path) if cfg.record_dynamics else None
+        rec = recorder_for(cfg, corpus.split("test"), lineage.split("test-poison") if lineage else None,
+                           victim_prov.get("target"))
+        with recording(rec):
+            summary = proc.run(cfg, victim, clean)
+        summary = finish(rec, tmp, summary)
         save_classifier(victim, tmp)
         return {
             "device": str(_device_of(victim.model)),
@@ -189,6 +202,9 @@ class EvalConfig:
     device: str = "auto"
     precision: str = "auto"
     label: str | None = None  # the row name `report` shows for this model (default: its method)
+    geometry: bool = False  # also write geometry.json and representations.safetensors (bdcli/probe/geometry.py)
+    trigger_rmse: tuple[str, ...] | None = None  # trigger words: also write trigger_rmse.json (GBA Figure 3)
+    rmse_class_tokens: tuple[str, ...] | None = None  # one word per label (default: GBA's Table 1 words)
 
 
 def evaluate(
@@ -255,8 +271,19 @@ def evaluate(
                 n_poison=len(asr_set),
             )
         (tmp / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+        notes: list[str] = []
+        if cfg.geometry:
+            from .probe.geometry import write_geometry
+
+            notes += write_geometry(loaded, test, asr_set if poison_record else None,
+                                    poison_record.get("target", prov.get("target")), cfg, tmp)
+        if cfg.trigger_rmse:
+            from .probe.geometry import write_trigger_rmse
+
+            notes += write_trigger_rmse(loaded, cfg.trigger_rmse, prov, tmp, cfg.seed, cfg.rmse_class_tokens)
         return {"device": str(device), "provenance": {k: record[k] for k in ("method", "attack", "dataset", "scenario")},
-                "summary": _with_warnings({k: record[k] for k in ("acc", "asr")}, corpus)}
+                "summary": _with_warnings({k: record[k] for k in ("acc", "asr")} | ({"warnings": notes} if notes else {}),
+                                          corpus)}
 
     step = Step("evaluate", "standard", cfg, {"model": model, "data": data})
     return run_step(out, step=step, command="evaluate", config=cfg, kind="metrics", body=body, force=force,

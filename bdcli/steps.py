@@ -36,7 +36,7 @@ ENGINE_VERSION = 1
 NOT_FINGERPRINTED = frozenset({"device", "checkpoint_every", "label"})
 # Options that add a file to an output and change nothing else: left out of the fingerprint while off, so
 # that outputs made before the option existed keep their fingerprints.
-OFF_VALUES = {"record_dynamics": 0, "geometry": False, "trigger_rmse": None}
+OFF_VALUES = {"record_dynamics": 0, "geometry": False, "trigger_rmse": None, "rmse_class_tokens": None}
 
 EVALUATORS: Registry[Entry] = Registry("evaluator")
 

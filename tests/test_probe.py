@@ -184,3 +184,113 @@ def test_unreachable_thresholds_stop_with_those_reached(victim, small_sst2, tmp_
     assert p["stage1_steps_single_pass"] == 20 and p["stage1_steps_independent"] == p["rows"][0]["stage1_steps"] + 2 * 20
     assert "never fell below 1e-06, 1e-07 within 20" in res.output
     assert not (out / "sd-1e-06").exists()
+
+
+# ------------------------------------------------------------------------------- dynamics and geometry
+
+
+def test_group_geometry_matches_hand_values():
+    from bdcli.metrics.geometry import group_geometry
+
+    t = torch.tensor([[0.0, 0.0], [2.0, 0.0]])  # centroid (1, 0); per-dim variances (1, 0) -> 0.5
+    n = torch.tensor([[1.0, 2.0], [1.0, 4.0]])  # centroid (1, 3); variances (0, 1) -> 0.5
+    p = torch.tensor([[4.0, 4.0]])  # centroid (4, 4); variance 0
+    g = group_geometry({"target": t, "nontarget": n, "poison": p})
+    assert g == {"d_target_nontarget": 9.0, "d_target_poison": 25.0, "d_nontarget_poison": 10.0,
+                 "var_target": 0.5, "var_nontarget": 0.5, "var_poison": 0.0}
+    g = group_geometry({"target": t, "nontarget": n, "poison": None})
+    assert g["d_target_poison"] is None and g["var_poison"] is None and g["d_target_nontarget"] == 9.0
+
+
+def _csv(path: Path) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader(open(path)))
+
+
+def test_record_dynamics_matches_geometry_of_the_saved_model(victim, tiny_encoder, tmp_path):
+    from bdcli.api import DataSpec
+    from bdcli.engine import forward_all
+    from bdcli.engine.batching import encode
+    from bdcli.metrics.geometry import centroids, squared_distance, within_group_variance
+    from bdcli.models import load_classifier
+    from bdcli.probe.dynamics import pick_probes
+
+    poisoned, _ = victim
+    out = tmp_path / "attack"
+    bdcli("attack", "finetune", "--model", tiny_encoder, "--data", poisoned, "--lr", "2e-3", "--max-steps", "10",
+          "--batch-size", "16", "--record-dynamics", "4", "--out", out)
+    rows = _csv(out / "dynamics.csv")
+    assert [(r["stage"], int(r["step"])) for r in rows] == [("attack", s) for s in (0, 4, 8, 10)]
+    last = rows[-1]
+    # Recompute by hand on the saved model: the same fixed probes, [CLS] states, centroids, variances.
+    corpus = DataSpec(str(poisoned)).load()
+    probes = pick_probes(corpus.split("test"), corpus.split("test-poison"), 1, seed=42)
+    m = load_classifier(str(out))
+    reps, preds = {}, {}
+    for g, ds in probes.groups.items():
+        enc = encode(m.tokenizer, ds, 128)
+        reps[g] = forward_all(m.model, enc, batch_size=128, device=torch.device("cpu"), precision="auto", what="cls")
+        preds[g] = forward_all(m.model, enc, batch_size=128, device=torch.device("cpu"), precision="auto").argmax(-1)
+    c = {g: r.double().mean(0) for g, r in reps.items()}
+    assert float(last["d_target_poison"]) == pytest.approx(squared_distance(c["target"], c["poison"]), rel=1e-9)
+    assert float(last["d_target_nontarget"]) == pytest.approx(float(((c["target"] - c["nontarget"]) ** 2).sum()), rel=1e-9)
+    assert float(last["var_poison"]) == pytest.approx(float(reps["poison"].double().var(0, unbiased=False).mean()), rel=1e-9)
+    assert float(last["var_target"]) == pytest.approx(within_group_variance(reps["target"]), rel=1e-9)
+    gold = probes.groups["target"].labels + probes.groups["nontarget"].labels
+    acc = float((torch.cat([preds["target"], preds["nontarget"]]) == torch.tensor(gold)).double().mean())
+    assert float(last["acc"]) == pytest.approx(acc) and float(last["asr"]) == float((preds["poison"] == 1).double().mean())
+    # The same run without the recorder trains the same weights: recording changes nothing.
+    plain = tmp_path / "plain"
+    bdcli("attack", "finetune", "--model", tiny_encoder, "--data", poisoned, "--lr", "2e-3", "--max-steps", "10",
+          "--batch-size", "16", "--out", plain)
+    assert _same(_weights(out), _weights(plain)) and not (plain / "dynamics.csv").exists()
+
+
+def test_defense_dynamics_find_poisoned_rows_through_the_victim(victim, small_sst2, tmp_path):
+    _, model = victim
+    out = tmp_path / "ft"
+    bdcli("defend", "ft", "--model", model, "--data", small_sst2, "--max-steps", "4", "--batch-size", "16",
+          "--record-dynamics", "2", "--out", out)
+    rows = _csv(out / "dynamics.csv")
+    assert [r["stage"] for r in rows] == ["train"] * 3 and all(r["asr"] != "" and r["d_target_poison"] != "" for r in rows)
+
+
+def test_evaluate_geometry_on_clean_data_records_the_clean_groups_and_says_so(victim, small_sst2, tmp_path):
+    from safetensors.torch import load_file as load
+
+    poisoned, model = victim
+    res = bdcli("evaluate", "--model", model, "--data", small_sst2, "--geometry", "--out", tmp_path / "clean")
+    assert "records the clean groups only" in res.output
+    g = json.loads((tmp_path / "clean" / "geometry.json").read_text())
+    assert g["d_target_poison"] is None and g["var_poison"] is None and g["d_target_nontarget"] > 0
+    bdcli("evaluate", "--model", model, "--data", poisoned, "--geometry", "--out", tmp_path / "poisoned")
+    g = json.loads((tmp_path / "poisoned" / "geometry.json").read_text())
+    t = load(str(tmp_path / "poisoned" / "representations.safetensors"))
+    assert t["features"].dtype == torch.float32 and t["group"].dtype == torch.int64
+    assert t["features"].shape == (sum(g["n"].values()), 32)
+    assert [int((t["group"] == i).sum()) for i in range(3)] == [g["n"]["target"], g["n"]["nontarget"], g["n"]["poison"]]
+    f = t["features"].double()
+    assert g["d_target_poison"] == pytest.approx(float(((f[t["group"] == 0].mean(0) - f[t["group"] == 2].mean(0)) ** 2).sum()))
+
+
+def test_trigger_rmse_before_and_after_a_defense(victim, small_sst2, tmp_path):
+    from bdcli.models import load_classifier
+    from bdcli.probe.geometry import trigger_rmse
+
+    _, model = victim
+    out = tmp_path / "ft"
+    bdcli("defend", "ft", "--model", model, "--data", small_sst2, "--max-steps", "3", "--batch-size", "16", "--lr", "1e-2",
+          "--out", out)
+    bdcli("evaluate", "--model", out, "--data", small_sst2, "--trigger-rmse", "cf,mn",
+          "--rmse-class-tokens", "terrible,good", "--out", tmp_path / "ev")
+    r = json.loads((tmp_path / "ev" / "trigger_rmse.json").read_text())
+    assert r["class_tokens"] == ["terrible", "good"] and set(r["triggers"]) == {"cf", "mn"}
+    m = load_classifier(str(model))
+    e = m.model.get_input_embeddings().weight.detach().double()
+    cf, good = m.tokenizer.convert_tokens_to_ids(["cf", "good"])
+    assert r["before"]["cf"]["good"] == pytest.approx(float(((e[cf] - e[good]) ** 2).mean().sqrt()))
+    assert r["before"] == trigger_rmse(e, m.tokenizer, ["cf", "mn"], ["terrible", "good"]) != r["after"]
+    bad = bdcli("evaluate", "--model", out, "--data", small_sst2, "--trigger-rmse", "cf,notawordatall", "--rmse-class-tokens", "terrible,good",
+                "--out", tmp_path / "bad", ok=False)
+    assert bad.exit_code == 2 and "not one vocabulary token" in bad.output

@@ -83,5 +83,8 @@ FIELD_HELP: dict[str, str] = {
     "nad_teacher_epochs": "NAD: epochs of the teacher's clean fine-tune (stage 1); --epochs is the student's, --max-steps caps both.",
     "clean_model": "NAD-C: the clean pre-trained checkpoint the student starts from (alias, folder or hub id; same tokenizer as the victim).",
     # evaluation
+    "geometry": "Also write geometry.json (centroid distances and within-group variances of clean target, clean non-target and poisoned rows) and representations.safetensors (for a t-SNE).",
+    "trigger_rmse": "Comma-separated trigger words: also write trigger_rmse.json, the RMSE from each trigger's word embedding to each class token's, for this model and its victim (GBA Figure 3).",
+    "rmse_class_tokens": "--trigger-rmse: comma-separated class token per label, in label order (default: a GBA model's own, else GBA's Table 1 words for the labels).",
     "label": "Row name for this model in `bdcli report` (default: its method).",
 }

@@ -52,6 +52,7 @@ def pick_probes(clean: TextDataset, poison: TextDataset | None, target: int | No
     if target is None:
         raise UsageError(f"{what} needs the target label, and neither the data nor the model records one "
                          "(use poisoned data, or a model bdcli attacked)")
+    target = int(target)
     rng = random.Random(f"{seed}-dynamics-probe")
 
     def take(ds: TextDataset, rows: list[int]) -> TextDataset:
@@ -67,7 +68,7 @@ def pick_probes(clean: TextDataset, poison: TextDataset | None, target: int | No
     if groups["poison"] is None:
         notes.append(f"{what}: the data holds no poisoned rows, so dynamics.csv records the clean groups only "
                      "(the poison columns and ASR are empty)")
-    return Probes(int(target), groups, notes)
+    return Probes(target, groups, notes)
 
 
 def stage_of(desc: str) -> str:
@@ -194,3 +195,21 @@ def lineage_poison(model_path: str, depth: int = 3):
         if not path:
             return None
     return None
+
+
+def recorder_for(cfg: Any, clean: TextDataset, poison: TextDataset | None, target: int | None) -> DynamicsRecorder | None:
+    """The recorder a command's ``--record-dynamics`` asks for (None when off)."""
+    every = getattr(cfg, "record_dynamics", 0)
+    if not every:
+        return None
+    probes = pick_probes(clean, poison, target, seed=cfg.seed)
+    return DynamicsRecorder(probes, every=every, rep=getattr(cfg, "sd_on", "cls"), max_length=cfg.max_length,
+                            precision=cfg.precision)
+
+
+def finish(recorder: DynamicsRecorder | None, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write dynamics.csv and add the recorder's notes to the summary's warnings."""
+    if recorder is None:
+        return summary
+    recorder.write_csv(folder / "dynamics.csv")
+    return {**summary, "warnings": list(summary.get("warnings", [])) + recorder.probes.notes}
