@@ -294,3 +294,14 @@ def test_trigger_rmse_before_and_after_a_defense(victim, small_sst2, tmp_path):
     bad = bdcli("evaluate", "--model", out, "--data", small_sst2, "--trigger-rmse", "cf,notawordatall", "--rmse-class-tokens", "terrible,good",
                 "--out", tmp_path / "bad", ok=False)
     assert bad.exit_code == 2 and "not one vocabulary token" in bad.output
+
+
+def test_transfer_scenario_equals_an_independent_maxent_run(victim, small_sst2, tmp_path):
+    poisoned, model = victim
+    args = [*COMMON, "--scenario", "transfer", "--head-epochs", "1"]
+    bdcli("probe-sd", "--model", model, "--data", small_sst2, "--sd", "0.6,0.4", "--asr-data", poisoned, *args,
+          "--out", tmp_path / "probe")
+    row = json.loads((tmp_path / "probe" / "probe.json").read_text())["rows"][-1]
+    bdcli("defend", "maxent", "--model", model, "--data", small_sst2, "--sd", "0.4", *args, "--out", tmp_path / "maxent")
+    assert json.loads((tmp_path / "maxent" / "manifest.json").read_text())["summary"]["stage1"]["steps"] == row["stage1_steps"]
+    assert _same(_weights(tmp_path / "maxent"), _weights(tmp_path / "probe" / row["model"]))
