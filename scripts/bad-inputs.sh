@@ -57,6 +57,11 @@ try defend maxent --model /no/such/victim --data sst2
 try defend maxent --model minilm --data sst2 --sd -1
 try defend maxent --model minilm --data sst2 --preset medium
 try defend maxent --model minilm --data sst2 --clean-fraction 2
+try probe-sd --model minilm --data sst2 --sd ""
+try probe-sd --model minilm --data sst2 --sd 0.01,0.05
+try probe-sd --model minilm --data sst2 --sd 0.05,0.05
+try probe-sd --model minilm --data sst2 --sd 0.05,inf
+try probe-sd --model minilm --data sst2 --asr-data sst2 --sd 0.05
 try defend nad --model minilm --data sst2 --nad-beta -1
 try defend fine-pruning --model minilm --data sst2 --prune-ratio 1.5
 try evaluate --model ./missing --data sst2
