@@ -57,8 +57,11 @@ def probe_sd(cfg: Any, model: str, data: Any, asr_data: Any | None, out: str | P
         elif victim.new_head:
             raise BdcliError(f"model {model} has no classification head; probe-sd in the outsourcing scenario needs "
                              "a classifier (an encoder alone is the transfer scenario: pass --scenario transfer)")
+        # What must survive a kill lives with the checkpoints (run_step always keeps some).
         root = active_root()
-        keep = (root if root is not None else tmp / ".work")
+        if root is None:
+            raise BdcliError("probe-sd runs inside a command's checkpoint folder (bdcli.artifacts.run_step)")
+        keep = root
         evals = keep / "evals"
         evals.mkdir(parents=True, exist_ok=True)
         recorder = None
