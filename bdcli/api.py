@@ -181,6 +181,11 @@ class EvalConfig:
     precision: str = "auto"
     label: str | None = None  # the row name `report` shows for this model (default: its method)
 
+    def __post_init__(self) -> None:
+        from .numbers import check_numbers
+
+        check_numbers(self)
+
 
 def evaluate(
     cfg: EvalConfig, model: str, data: DataSpec, out: str | Path, *, force: bool = False, resume: bool = False,
