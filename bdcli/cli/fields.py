@@ -82,5 +82,9 @@ FIELD_HELP: dict[str, str] = {
     "nad_teacher_epochs": "NAD: epochs of the teacher's clean fine-tune (stage 1); --epochs is the student's, --max-steps caps both.",
     "clean_model": "NAD-C: the clean pre-trained checkpoint the student starts from (alias, folder or hub id; same tokenizer as the victim).",
     # evaluation
+    "asr_data": "A triggered test set made by another tool (any file or folder --data reads, same column options); ASR is measured on it against --target.",
+    "asr_text_col": "Text column of --asr-data (default: --text-col).",
+    "asr_label_col": "Label column of --asr-data: the rows' true labels (default: --label-col).",
+    "data_is_clean": "Say that --data is clean: without it a fine-tune on your own data is recorded as trained on data of unknown cleanliness.",
     "label": "Row name for this model in `bdcli report` (default: its method).",
 }
