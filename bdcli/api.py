@@ -44,9 +44,42 @@ class DataSpec:
         )
 
 
-def _with_warnings(summary: dict[str, Any], corpus: Corpus) -> dict[str, Any]:
-    warnings = list(corpus.warnings) + list(summary.get("warnings", []))
+def _with_warnings(summary: dict[str, Any], corpus: Corpus, more: list[str] = ()) -> dict[str, Any]:
+    warnings = list(corpus.warnings) + list(summary.get("warnings", [])) + list(more)
     return {**summary, "warnings": warnings} if warnings else summary
+
+
+def _require_labels(ds, what: str, need_all: bool = True) -> None:
+    """Refuse data a procedure cannot use: an empty split, fewer than two labels, or (``need_all``) a
+    label with no rows, which would train or measure a class on nothing."""
+    if len(ds) == 0:
+        raise UsageError(f"{what} is empty")
+    if ds.num_labels < 2:
+        raise UsageError(f"{what} has a single label ({ds.label_names[0]}); a classifier needs at least two")
+    counts = [0] * ds.num_labels
+    for y in ds.labels:
+        counts[y] += 1
+    empty = [ds.label_names[i] for i, c in enumerate(counts) if c == 0]
+    if need_all and empty:
+        raise UsageError(f"{what} has no rows of label {', '.join(map(str, empty))} ({len(ds)} rows in all)")
+
+
+def _external_data(data: "DataSpec") -> bool:
+    """Data bdcli did not make or name: a user's own file or folder."""
+    from .data import DATASETS
+    from .data.folder import is_data_folder
+
+    p = Path(data.data).expanduser()
+    if p.exists():
+        return not (p.is_dir() and is_data_folder(p))
+    return data.data not in DATASETS
+
+
+def _card(tmp: Path, command: str, cfg: Any, provenance: dict, summary: dict, data: "DataSpec") -> None:
+    from .modelcard import write_model_card
+    from .steps import config_dict
+
+    write_model_card(tmp, command, config_dict(cfg), provenance, summary, str(data.data))
 
 
 def _model_input(model: str) -> str:
@@ -63,6 +96,7 @@ def poison(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
 
     poisoner = POISONERS.get(name)(cfg)
     corpus = data.load()
+    _require_labels(corpus.split("train"), f"the train split of {data.data}")
     if corpus.poison is not None:
         raise UsageError(f"data {data.data} is already poisoned ({corpus.poison.get('attack')}); start from clean data")
 
@@ -88,13 +122,21 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
     from .attacks import ATTACKS
     from .models import save_classifier
 
+    from .honoured import check_honoured
+
     proc = ATTACKS.get(name)
+    check_honoured("attack", name, cfg)
     corpus = data.load()
+    _require_labels(corpus.split("train"), f"the train split of {data.data}", need_all=False)
     poison_record = corpus.poison or {}
     # Fine-tuning a poisoned model on clean data is the transfer scenario's victim: the user's own
     # fine-tune of the encoder the attacker published. It inherits the attack it carries.
     base = provenance_of(_model_input(cfg.model)) if not poison_record else {}
     inherited = base.get("attack") not in (None, "clean")
+    # A fine-tune on a user's own data: bdcli cannot know whether that data is poisoned, so the model is
+    # not recorded as the clean reference unless the user says the data is clean.
+    unknown = (name == "finetune" and not inherited and not poison_record and _external_data(data)
+               and not getattr(cfg, "data_is_clean", False))
 
     def body(tmp: Path) -> dict[str, Any]:
         from .probe.dynamics import finish, recorder_for, recording
@@ -104,11 +146,10 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
             loaded, summary = proc.run(cfg, corpus)
         summary = finish(rec, tmp, summary)
         save_classifier(loaded, tmp)
-        return {
-            "device": str(_device_of(loaded.model)),
-            "provenance": {
+        provenance = {
                 # A fine-tune on clean data from a clean model is the clean reference, not a victim.
-                "method": "victim" if inherited or poison_record or name != "finetune" else "clean",
+                "method": "external-data" if unknown else
+                "victim" if inherited or poison_record or name != "finetune" else "clean",
                 # finetune plants whatever the data carries; every other attack is named for itself.
                 "attack": base["attack"] if inherited else (poison_record.get("attack", "clean") if name == "finetune" else name),
                 "dataset": corpus.name,
@@ -117,9 +158,13 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
                 "base_model": cfg.model,
                 "user_finetune_of": str(cfg.model) if inherited else None,
                 "label_names": corpus.label_names,
-            },
-            "summary": _with_warnings(summary, corpus),
+                "data_clean": "unknown" if unknown else None,
         }
+        if unknown:
+            provenance["attack"] = None
+        summary = _with_warnings(summary, corpus)
+        _card(tmp, f"attack {name}", cfg, provenance, summary, data)
+        return {"device": str(_device_of(loaded.model)), "provenance": provenance, "summary": summary}
 
     step = Step("attack", name, cfg, {"data": data, "model": cfg.model})
     return run_step(out, step=step, command=f"attack {name}", config=cfg, kind="model", body=body, force=force,
@@ -134,7 +179,10 @@ def defend(
     from .defenses import DEFENSES, SCENARIO_CLEAN_FRACTION
     from .models import load_classifier, save_classifier
 
+    from .honoured import check_honoured
+
     proc = DEFENSES.get(name)
+    check_honoured("defense", name, cfg)
     # The step is the config as given: what it resolves to is a function of the inputs, which are hashed.
     step = Step("defend", name, cfg, {"model": model, "data": data})
     model_path = _model_input(model)
@@ -151,6 +199,8 @@ def defend(
             f"(for example the named set {corpus.name!r})"
         )
     clean = corpus.split("train").fraction(cfg.clean_fraction, cfg.seed)
+    _require_labels(clean, f"the defender's clean set (--clean-fraction {cfg.clean_fraction} of the train split of "
+                           f"{data.data}, {len(clean)} rows)")
 
     def body(tmp: Path) -> dict[str, Any]:
         from .defenses.head import reset_head
@@ -172,14 +222,12 @@ def defend(
                            victim_prov.get("target"))
         with recording(rec):
             summary = proc.run(cfg, victim, clean)
-        summary = finish(rec, tmp, summary)
+        summary = _with_warnings(finish(rec, tmp, summary), corpus)
         save_classifier(victim, tmp)
-        return {
-            "device": str(_device_of(victim.model)),
-            "provenance": {**victim_prov, "method": name, "victim": str(model_path), "dataset": victim_prov.get("dataset", corpus.name),
-                           "scenario": scenario, "clean_rows": len(clean), "label_names": victim.label_names},
-            "summary": _with_warnings(summary, corpus),
-        }
+        provenance = {**victim_prov, "method": name, "victim": str(model_path), "dataset": victim_prov.get("dataset", corpus.name),
+                      "scenario": scenario, "clean_rows": len(clean), "label_names": victim.label_names}
+        _card(tmp, f"defend {name}", cfg, provenance, summary, data)
+        return {"device": str(_device_of(victim.model)), "provenance": provenance, "summary": summary}
 
     return run_step(out, step=step, command=f"defend {name}", config=cfg, kind="model", body=body, force=force,
                     resume=resume, lock_wait_s=lock_wait_s)
@@ -205,6 +253,19 @@ class EvalConfig:
     geometry: bool = False  # also write geometry.json and representations.safetensors (bdcli/probe/geometry.py)
     trigger_rmse: tuple[str, ...] | None = None  # trigger words: also write trigger_rmse.json (GBA Figure 3)
     rmse_class_tokens: tuple[str, ...] | None = None  # one word per label (default: GBA's Table 1 words)
+    # A triggered test set made by another tool (any file or folder --data reads, with its column
+    # options), measured for ASR against ``target``; it replaces --data's own test-poison split.
+    asr_data: str | None = None
+    target: str | None = None
+    asr_text_col: str | None = None  # columns of --asr-data (default: --text-col / --label-col)
+    asr_label_col: str | None = None
+
+    def __post_init__(self) -> None:
+        from .numbers import check_numbers
+
+        check_numbers(self)
+        if (self.asr_data is None) != (self.target is None):
+            raise UsageError("--asr-data and --target go together: give the triggered test set and its target label")
 
 
 def evaluate(
@@ -220,8 +281,12 @@ def evaluate(
     model_path = _model_input(model)
     corpus = data.load()
     test = corpus.split("test")
+    _require_labels(test, f"the test split of {data.data}", need_all=False)
     asr_set = corpus.splits.get("test-poison")
     poison_record = corpus.poison or {}
+    asr_note = None
+    if cfg.asr_data is not None:
+        asr_set, poison_record, asr_note = _external_asr_set(cfg, data, corpus)
 
     def body(tmp: Path) -> dict[str, Any]:
         seed_everything(cfg.seed)
@@ -270,6 +335,8 @@ def evaluate(
                 asr_c=asr_per_class(preds, asr_set.labels, corpus.label_names),
                 n_poison=len(asr_set),
             )
+            if asr_note is not None:
+                record.update(asr_data=cfg.asr_data, n_asr_left_out=asr_note["left_out"])
         (tmp / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         notes: list[str] = []
         if cfg.geometry:
@@ -283,11 +350,42 @@ def evaluate(
             notes += write_trigger_rmse(loaded, cfg.trigger_rmse, prov, tmp, cfg.seed, cfg.rmse_class_tokens)
         return {"device": str(device), "provenance": {k: record[k] for k in ("method", "attack", "dataset", "scenario")},
                 "summary": _with_warnings({k: record[k] for k in ("acc", "asr")} | ({"warnings": notes} if notes else {}),
-                                          corpus)}
+                                          corpus, [asr_note["message"]] if asr_note else [])}
 
     step = Step("evaluate", "standard", cfg, {"model": model, "data": data})
     return run_step(out, step=step, command="evaluate", config=cfg, kind="metrics", body=body, force=force,
                     resume=resume, lock_wait_s=lock_wait_s)
+
+
+def asr_spec(cfg: EvalConfig, data: DataSpec) -> DataSpec:
+    return dataclasses.replace(data, data=cfg.asr_data, text_col=cfg.asr_text_col or data.text_col,
+                               label_col=cfg.asr_label_col or data.label_col)
+
+
+def _external_asr_set(cfg: EvalConfig, data: DataSpec, corpus: Corpus):
+    """The ASR set of ``--asr-data``: its rows (the train split of a single file, the test split of a
+    folder) with their true labels, less those already of the target label, which the maximum-entropy
+    paper's ASR leaves out (a row of the target class says nothing about the trigger)."""
+    from .data import load_corpus, resolve_data_dir
+
+    spec = asr_spec(cfg, data)
+    other = load_corpus(spec.data, resolve_data_dir(spec.data_dir), text_col=spec.text_col, label_col=spec.label_col,
+                        text_b_col=spec.text_b_col, label_names=corpus.label_names,
+                        bad_rows="drop" if spec.drop_bad_rows else "error", encoding=spec.encoding)
+    ds = other.splits.get("test-poison") or other.splits.get("test") or other.split("train")
+    try:
+        target = corpus.label_index(cfg.target)  # type: ignore[arg-type]
+    except BdcliError as e:
+        raise UsageError(str(e)) from None
+    keep = [i for i, y in enumerate(ds.labels) if y != target]
+    left_out = len(ds) - len(keep)
+    if not keep:
+        raise UsageError(f"every one of the {len(ds)} rows of {cfg.asr_data} is of the target label "
+                         f"{corpus.label_names[target]}; ASR needs triggered rows with their true, non-target labels")
+    message = (f"ASR on {cfg.asr_data}: {len(keep)} rows; {left_out} rows already of the target label "
+               f"{corpus.label_names[target]} left out, as the maximum-entropy paper defines ASR")
+    record = {"attack": "external", "target": target}
+    return ds.subset(keep), record, {"left_out": left_out, "message": message}
 
 
 def step_input_fingerprint(value: Any) -> str:
@@ -327,7 +425,7 @@ def _register_evaluator() -> None:
     from .steps import EVALUATORS
 
     EVALUATORS.register("standard")(Entry(
-        "evaluator", "standard", 1, "Evaluate", 0,
+        "evaluator", "standard", 2, "Evaluate", 0,
         "ACC on the clean test split; ASR and per-class ASR_c on the ASR set (test-poison).", EvalConfig, "bdcli.api",
     ))
 

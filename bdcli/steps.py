@@ -135,6 +135,11 @@ def all_inputs(step: Step) -> dict[str, Any]:
         proc = _registry(CATALOG_KIND[step.kind]).get(step.name)
         for name, value in proc.inputs(step.config).items():
             inputs.setdefault(name, value)
+    elif step.kind == "evaluate" and getattr(step.config, "asr_data", None) and "data" in inputs:
+        from .api import DataSpec, asr_spec
+
+        data = inputs["data"]
+        inputs.setdefault("asr_data", asr_spec(step.config, data if isinstance(data, DataSpec) else DataSpec(str(data))))
     elif step.kind == "poison" and step.config is not None and "data" in inputs and not isinstance(inputs["data"], Ref):
         from .poison import POISONERS
 

@@ -108,27 +108,27 @@ def test_a_different_config_needs_force(chain):
 # --- bad input: one clear sentence, non-zero exit, no traceback, nothing written ------------------
 
 BAD = [
-    (["poison", "badnets", "--data", "sst2", "--data-dir", "/nonexistent/data", "--out", "{out}"], "/nonexistent/data"),
-    (["poison", "badnets", "--data", "imdb9", "--out", "{out}"], "no data set or file named 'imdb9'"),
-    (["poison", "badnets", "--data", "{nocols}", "--out", "{out}"], "column"),
-    (["poison", "badnets", "--data", "sst2", "--target", "neutral", "--out", "{out}"], "not a label"),
-    (["poison", "badnets", "--data", "sst2", "--rate", "0", "--out", "{out}"], "poison rate must be in (0, 1]"),
-    (["poison", "badnets", "--data", "sst2", "--rate", "1.5", "--out", "{out}"], "poison rate must be in (0, 1]"),
-    (["attack", "finetune", "--model", "/no/such/model", "--data", "sst2", "--out", "{out}"], "does not exist"),
-    (["evaluate", "--model", "./missing-model", "--data", "sst2", "--out", "{out}"], "does not exist"),
-    (["defend", "maxent", "--model", "{tiny}", "--data", "sst2", "--sd", "-1", "--out", "{out}"], "Stop Distance threshold"),
-    (["defend", "ft", "--model", "{tiny}", "--data", "sst2", "--out", "{out}"], "no classification head"),
+    (["poison", "badnets", "--data", "sst2", "--data-dir", "/nonexistent/data", "--out", "{out}"], "/nonexistent/data", 1),
+    (["poison", "badnets", "--data", "imdb9", "--out", "{out}"], "no data set or file named 'imdb9'", 1),
+    (["poison", "badnets", "--data", "{nocols}", "--out", "{out}"], "column", 1),
+    (["poison", "badnets", "--data", "sst2", "--target", "neutral", "--out", "{out}"], "not a label", 2),
+    (["poison", "badnets", "--data", "sst2", "--rate", "0", "--out", "{out}"], "--rate must be a finite number in (0, 1]", 2),
+    (["poison", "badnets", "--data", "sst2", "--rate", "1.5", "--out", "{out}"], "--rate must be a finite number in (0, 1]", 2),
+    (["attack", "finetune", "--model", "/no/such/model", "--data", "sst2", "--out", "{out}"], "does not exist", 1),
+    (["evaluate", "--model", "./missing-model", "--data", "sst2", "--out", "{out}"], "does not exist", 1),
+    (["defend", "maxent", "--model", "{tiny}", "--data", "sst2", "--sd", "-1", "--out", "{out}"], "--sd must be", 2),
+    (["defend", "ft", "--model", "{tiny}", "--data", "sst2", "--out", "{out}"], "no classification head", 1),
 ]
 
 
-@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a[:2]) + f" {i}" for i, (a, _) in enumerate(BAD)])
-def test_bad_input_gets_one_line_and_writes_nothing(argv, message, tmp_path, tiny_encoder):
+@pytest.mark.parametrize("argv, message, code", BAD, ids=[" ".join(a[:2]) + f" {i}" for i, (a, _, _) in enumerate(BAD)])
+def test_bad_input_gets_one_line_and_writes_nothing(argv, message, code, tmp_path, tiny_encoder):
     nocols = tmp_path / "nocols.tsv"
     nocols.write_text("sentence\tsentiment\ngood film\t1\n")
     out = tmp_path / "new" / "out"
     args = [a.format(out=out, nocols=nocols, tiny=tiny_encoder) for a in argv]
     res = bdcli(*args, ok=False)
-    assert res.exit_code in (1, 2), res.output
+    assert res.exit_code == code, res.output  # 2: the command line asks the impossible; 1: an input is bad
     err = res.stderr.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert message in err

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..train_config import TrainConfig
 from ..errors import UsageError
+from ..numbers import check_numbers
 from ..registry import Procedure, Registry
 
 SCENARIOS = ("outsourcing", "transfer")
@@ -19,6 +20,8 @@ class AttackConfig(TrainConfig):
     scenario: str = "outsourcing"
 
     def __post_init__(self) -> None:
+        # Before TrainConfig's own checks, which a NaN passes (every comparison with NaN is False).
+        check_numbers(self)
         super().__post_init__()
         if self.scenario not in SCENARIOS:
             raise UsageError(f"unknown scenario {self.scenario!r}; use one of {', '.join(SCENARIOS)}")

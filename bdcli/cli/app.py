@@ -17,8 +17,10 @@ import typer
 from .. import __version__
 from ..errors import BdcliError
 from .generate import command_from_config
+from .usage import OneLineUsageErrors
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     name="bdcli",
     help=(
         "Plant, remove and measure backdoors in pre-trained language models.\n\n"

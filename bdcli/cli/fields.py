@@ -86,5 +86,9 @@ FIELD_HELP: dict[str, str] = {
     "geometry": "Also write geometry.json (centroid distances and within-group variances of clean target, clean non-target and poisoned rows) and representations.safetensors (for a t-SNE).",
     "trigger_rmse": "Comma-separated trigger words: also write trigger_rmse.json, the RMSE from each trigger's word embedding to each class token's, for this model and its victim (GBA Figure 3).",
     "rmse_class_tokens": "--trigger-rmse: comma-separated class token per label, in label order (default: a GBA model's own, else GBA's Table 1 words for the labels).",
+    "asr_data": "A triggered test set made by another tool (any file or folder --data reads, same column options); ASR is measured on it against --target.",
+    "asr_text_col": "Text column of --asr-data (default: --text-col).",
+    "asr_label_col": "Label column of --asr-data: the rows' true labels (default: --label-col).",
+    "data_is_clean": "Say that --data is clean: without it a fine-tune on your own data is recorded as trained on data of unknown cleanliness.",
     "label": "Row name for this model in `bdcli report` (default: its method).",
 }

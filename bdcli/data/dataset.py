@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BdcliError
+from ..errors import BdcliError, UsageError
 
 
 @dataclass
@@ -128,7 +128,8 @@ class Corpus:
                 return y
         elif label in self.label_names:
             return self.label_names.index(label)
-        raise BdcliError(
+        # The command line names the target: a usage error (exit 2), like any other impossible option.
+        raise UsageError(
             f"target label {label!r} is not a label of {self.name!r} "
             f"(labels: {', '.join(f'{i}={n}' for i, n in enumerate(self.label_names))})"
         )

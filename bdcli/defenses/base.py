@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..train_config import TrainConfig
 from ..errors import UsageError
+from ..numbers import check_numbers
 from ..registry import Procedure, Registry
 
 
@@ -23,6 +24,8 @@ class DefenseConfig(TrainConfig):
     scenario: str | None = None
 
     def __post_init__(self) -> None:
+        # Before TrainConfig's own checks, which a NaN passes (every comparison with NaN is False).
+        check_numbers(self)
         super().__post_init__()
         if self.clean_fraction is not None and not 0 < self.clean_fraction <= 1:
             raise UsageError(f"clean fraction must be in (0, 1], got {self.clean_fraction}")

@@ -18,6 +18,8 @@ from transformers import logging as hf_logging
 
 from ..errors import BdcliError
 from .aliases import resolve_model
+from .check import (check_architecture, check_finite, check_loading_info, check_tokenizer_files,
+                    check_tokenizer_fits, check_weight_files)
 from .prompt import is_prompt_config, load_prompt_classifier
 
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "tf_model.h5", "flax_model.msgpack")
@@ -44,6 +46,11 @@ def _check_local_folder(folder: Path) -> None:
             "safetensors only, because unpickling an untrusted checkpoint can run code"
         )
     raise BdcliError(f"{folder} holds no model weights (*.safetensors)")
+
+
+# What from_pretrained raises on a folder that is not what its config says (a shape that does not fit,
+# a config field of the wrong type): the folder's fault, so one sentence, not a traceback.
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, TypeError, KeyError, IndexError, AttributeError)
 
 
 def _head_in_checkpoint(folder: Path) -> bool | None:
@@ -75,12 +82,16 @@ def load_classifier(
     local = Path(source).is_dir()
     if local:
         _check_local_folder(Path(source))
+        check_weight_files(Path(source))
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local)
-    except (OSError, ValueError) as e:
-        raise BdcliError(f"cannot read a model config from {spec}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BdcliError(f"cannot read a model config from {spec}: {_first_line(e)}") from None
     if getattr(config, "auto_map", None):
         raise BdcliError(f"{spec} asks to run its own code (auto_map in config.json); bdcli never runs remote code")
+    check_architecture(spec, config)
+    if local:
+        check_tokenizer_files(Path(source))
     if local and is_prompt_config(config):
         # GBA's prompt classifier (models/prompt.py): the encoder plus a soft template, both safetensors.
         return load_prompt_classifier(Path(source), config, label_names)
@@ -106,20 +117,32 @@ def load_classifier(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights were newly initialised" is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        # Mismatched shapes are loaded as fresh weights and reported, so that the check below can name
+        # them; the model is refused either way.
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             source,
             config=config,
             use_safetensors=True,
             trust_remote_code=False,
             local_files_only=local,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
         )
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local)
-    except (OSError, ValueError) as e:
-        raise BdcliError(f"cannot load model {spec}: {str(e).splitlines()[0]}") from None
+    except _LOAD_ERRORS as e:
+        raise BdcliError(f"cannot load model {spec}: {_first_line(e)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    check_loading_info(spec, model, info, new_head=not has_head)
+    check_tokenizer_fits(spec, tokenizer, config)
+    check_finite(spec, model)
     model.float()
     return LoadedModel(model, tokenizer, source, new_head=not has_head, label_names=names)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def save_classifier(loaded: LoadedModel, folder: Path) -> None:

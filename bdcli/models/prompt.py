@@ -267,11 +267,20 @@ def load_prompt_classifier(folder: Path, config, label_names: list[str] | None):
         raise BdcliError(f"{path} holds a template of shape {list(template.shape)}, not {rec['width']} vectors")
     if (template.shape[0] + 1) // 2 != int(rec.get("before_mask", (template.shape[0] + 1) // 2)):
         raise BdcliError(f"{folder} splits its template in a way this bdcli does not know")
+    from .check import check_finite, check_loading_info, check_tokenizer_files, check_tokenizer_fits
+    from .load import _LOAD_ERRORS, _first_line
+
+    check_tokenizer_files(folder)
     try:
-        encoder = AutoModel.from_pretrained(folder, config=config, use_safetensors=True, trust_remote_code=False, local_files_only=True)
+        encoder, info = AutoModel.from_pretrained(folder, config=config, use_safetensors=True, trust_remote_code=False,
+                                                  local_files_only=True, ignore_mismatched_sizes=True,
+                                                  output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise BdcliError(f"cannot load prompt model {folder}: {str(e).splitlines()[0]}") from None
+    except _LOAD_ERRORS as e:
+        raise BdcliError(f"cannot load prompt model {folder}: {_first_line(e)}") from None
+    check_loading_info(str(folder), encoder, info, new_head=False)
+    check_tokenizer_fits(str(folder), tokenizer, config)
+    check_finite(str(folder), encoder)
     if class_token_ids(tokenizer, tokens) != ids:
         raise BdcliError(f"{folder}: the class tokens {tokens} do not match the saved vocabulary ids {ids}")
     model = PromptClassifier(

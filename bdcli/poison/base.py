@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from ..data.dataset import Corpus, TextDataset
 from ..errors import UsageError
+from ..numbers import check_numbers
 from ..registry import Registry
 
 CANDIDATES = ("non-target", "all")
@@ -29,6 +30,7 @@ class PoisonConfig:
     candidates: str = "non-target"
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         self.target = str(self.target)
         if not 0 < self.rate <= 1:
             raise UsageError(f"poison rate must be in (0, 1], got {self.rate}")
