@@ -82,6 +82,8 @@ RULES: dict[str, Rule] = {
     "nad_beta": WEIGHT, "nad_power": POSITIVE,
     # attacks
     "ripple_lambda": WEIGHT, "surgery_n_words": Rule(1, 10_000, integer=True),
+    # observation: record the training dynamics every N steps (0: off)
+    "record_dynamics": COUNT0,
 }
 
 

@@ -32,6 +32,7 @@ from ..defenses.stop_distance import StopDistanceHook, label_pair, probe_rows
 from ..engine.device import resolve_device
 from ..engine.loop import TrainConfig, TrainState, train
 from ..errors import BdcliError, UsageError
+from ..numbers import check_value
 from ..models.load import LoadedModel
 from ..registry import Procedure
 
@@ -41,7 +42,12 @@ DEFAULT_THRESHOLDS = ("0.1", "0.05", "0.02", "0.01", "0.005")
 def parse_thresholds(value: Any) -> tuple[float, ...]:
     """A Stop Distance threshold list ("0.1,0.05,0.02" or numbers), strictly decreasing: the order
     stage 1 crosses them. Empty, unsorted, duplicated, non-finite or non-positive lists are refused."""
-    items = [x.strip() for x in value.split(",")] if isinstance(value, str) else list(value or ())
+    if isinstance(value, str):
+        items = [x.strip() for x in value.split(",")]
+    elif isinstance(value, (int, float)):
+        items = [value]
+    else:
+        items = list(value or ())
     items = [x for x in items if not (isinstance(x, str) and not x)]
     if not items:
         raise UsageError("the Stop Distance threshold list is empty; give them largest first, e.g. --sd 0.1,0.05,0.02")
@@ -51,8 +57,10 @@ def parse_thresholds(value: Any) -> tuple[float, ...]:
             t = float(x)
         except (TypeError, ValueError):
             raise UsageError(f"Stop Distance threshold {x!r} is not a number") from None
-        if not math.isfinite(t) or t <= 0:
-            raise UsageError(f"Stop Distance thresholds must be positive finite numbers, got {x!r}")
+        try:
+            check_value("sd", t)  # the one rule of every Stop Distance threshold
+        except UsageError as e:
+            raise UsageError(f"Stop Distance threshold {x!r}: {e}") from None
         out.append(t)
     if len(set(out)) != len(out):
         dup = next(t for t in out if out.count(t) > 1)
