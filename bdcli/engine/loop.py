@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Protocol, Union
 
 import torch
+from torch.profiler import record_function
 
 from ..data.dataset import TextDataset
 from ..errors import BdcliError, UsageError
@@ -213,15 +214,18 @@ def train(
             for b, rows in enumerate(batches):
                 if b < skip:
                     continue
-                batch = collate(enc, rows, device)
-                with autocast(device, cfg.precision):
+                with record_function("bdcli.data"):
+                    batch = collate(enc, rows, device)
+                with record_function("bdcli.forward"), autocast(device, cfg.precision):
                     loss = step_loss(model, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                opt.step()
-                sched.step()
+                with record_function("bdcli.backward"):
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                with record_function("bdcli.optimizer"):
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                    opt.step()
+                    sched.step()
                 step += 1
                 samples += len(rows)
                 loss_val = loss.item()
