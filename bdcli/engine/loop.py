@@ -173,6 +173,10 @@ def train(
         device = torch.device("cuda", w.local_rank)
     init_distributed(w, device)
     seed_everything(cfg.seed)
+    if w.distributed:
+        # Each rank draws its own dropout masks for its share of the batch (the same seed on every
+        # rank would give correlated masks); the batches come from ``rng`` below, the same on all.
+        torch.manual_seed(cfg.seed + 7919 * w.rank)
     rng = random.Random(cfg.seed)
     enc = encode(tokenizer, data, cfg.max_length)
     per_epoch = math.ceil(len(enc) / cfg.batch_size)
@@ -225,6 +229,8 @@ def train(
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         restore_rng(saved["tensors"], device)
+        if w.distributed and not w.main:  # rank 0's checkpoint holds rank 0's generator
+            torch.manual_seed(cfg.seed + 7919 * w.rank + saved["step"])
         step, samples, epoch, skip = saved["step"], saved["samples"], saved["epoch"], saved["next_batch"]
         loss_val, elapsed = saved["loss"], saved["elapsed"]
         trace = [tuple(x) for x in saved["loss_trace"]]
