@@ -194,10 +194,12 @@ def ceiling(device: str) -> dict:
 
 
 def trial(who: str, args) -> dict:
+    plain = who == "engine-plain"
+    who = "engine" if plain else who
     cmd = [sys.executable, __file__, "--worker", who, "--device", args.device, "--acc-rows", str(args.acc_rows),
            "--steps", str(args.steps)] + (["--acc"] if args.acc else [])
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "BDCLI_PROGRESS": "0"}
+           "BDCLI_PROGRESS": "0", "BDCLI_ENGINE_PLAIN": "1" if plain else "0"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         sys.exit(f"{who} trial failed:\n{proc.stderr[-3000:]}")
@@ -212,7 +214,10 @@ def main() -> None:
     ap.add_argument("--acc-rows", type=int, default=4000,
                     help="training rows for --acc (0: the whole SST-2 train split; hours on a 2-core CPU)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--profile", action="store_true", help="profile the engine's loop only")
+    ap.add_argument("--profile", action="store_true", help="profile the engine's loop only "
+                    "(BDCLI_ENGINE_PLAIN=1 profiles the plain loop)")
+    ap.add_argument("--with-plain", action="store_true",
+                    help="also run the engine's plain loop (BDCLI_ENGINE_PLAIN=1) in each round: before/after")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per trial before giving up")
     ap.add_argument("--worker", choices=("engine", "trainer"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -254,25 +259,29 @@ def main() -> None:
     what = (f"one epoch of {args.acc_rows or 'all'} SST-2 train rows, ACC on SST-2 dev" if args.acc
             else f"{args.steps} steps")
     print(f"job: MiniLM on SST-2, batch {BATCH}, lr {LR}, bf16 autocast, {what}, {args.rounds} interleaved rounds")
-    results: dict[str, list[dict]] = {"engine": [], "trainer": []}
+    order = ("engine-plain", "engine", "trainer") if args.with_plain else ("engine", "trainer")
+    results: dict[str, list[dict]] = {w: [] for w in order}
     for r in range(args.rounds):
-        for who in ("engine", "trainer"):
+        for who in order:
             res = trial(who, args)
             results[who].append(res)
             mem = f"peak RSS {res['peak_rss_mb']:.0f} MB" + (f", GPU {res['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in res else "")
             acc = f", ACC {res['acc']:.4f}" if "acc" in res else ""
-            print(f"round {r + 1} {who:<8} {res['samples'] / res['train_s']:7.1f} samples/s  train {res['train_s']:6.1f} s  "
+            print(f"round {r + 1} {who:<12} {res['samples'] / res['train_s']:7.1f} samples/s  train {res['train_s']:6.1f} s  "
                   f"wall {res['wall_s']:6.1f} s  {mem}  final loss {res['final_loss']:.4f}{acc}", flush=True)
     rate = {w: [x["samples"] / x["train_s"] for x in rs] for w, rs in results.items()}
     mean = {w: sum(v) / len(v) for w, v in rate.items()}
     print(f"engine {mean['engine']:.1f} samples/s (range {min(rate['engine']):.1f}-{max(rate['engine']):.1f}), "
           f"Trainer {mean['trainer']:.1f} samples/s (range {min(rate['trainer']):.1f}-{max(rate['trainer']):.1f})")
     print(f"ratio engine/Trainer: {mean['engine'] / mean['trainer']:.2f}x")
-    for who in ("engine", "trainer"):
+    if args.with_plain:
+        print(f"engine plain loop {mean['engine-plain']:.1f} samples/s: ratio plain/Trainer "
+              f"{mean['engine-plain'] / mean['trainer']:.2f}x, fast/plain {mean['engine'] / mean['engine-plain']:.2f}x")
+    for who in order:
         flops = sum(x["flops"] for x in results[who]) / sum(x["train_s"] for x in results[who])
         print(f"{who}: {flops / 1e12:.3f} model TFLOP/s = MFU {100 * flops / 1e12 / ceil['bf16']:.1f}% of the bf16 ceiling")
     if args.acc:
-        for who in ("engine", "trainer"):
+        for who in order:
             print(f"ACC {who}: " + ", ".join(f"{x['acc']:.4f}" for x in results[who]))
 
 
