@@ -63,6 +63,27 @@ class _TokenCounter:
             self.attn += b * s * s
 
 
+class _Clock:
+    """Wall and CPU time (all threads of the process) from the end of step 1 to the end of the last
+    step, the same way for both: start-up, tokenising and the first step's warm-up are excluded, and on
+    a shared machine CPU seconds are the fairer measure of work."""
+
+    def __init__(self):
+        self.marks: list[tuple[int, float, float]] = []
+
+    def mark(self, step: int) -> None:
+        self.marks.append((step, time.perf_counter(), time.process_time()))
+
+    def on_step(self, state) -> bool:  # an engine hook
+        self.mark(state.step)
+        return False
+
+    def figures(self, batch: int) -> dict:
+        (s0, w0, c0), (s1, w1, c1) = self.marks[0], self.marks[-1]
+        n = (s1 - s0) * batch
+        return {"timed_samples": n, "timed_wall_s": w1 - w0, "timed_cpu_s": c1 - c0}
+
+
 def _model_flops(model, counter: _TokenCounter) -> float:
     cfg = model.config
     emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
@@ -101,10 +122,11 @@ def run_engine(steps: int | None, acc_rows: int | None, device: str, profile: bo
                       checkpoint_every=0, seed=SEED, device=device, precision="auto")
     if profile:
         return _profiled(loaded, data, cfg)
-    result = train(loaded.model, loaded.tokenizer, data, cfg, desc="engine")
+    clock = _Clock()
+    result = train(loaded.model, loaded.tokenizer, data, cfg, desc="engine", hooks=[clock])
     out = {"who": "engine", "steps": result.steps, "samples": result.samples, "train_s": result.seconds,
            "wall_s": time.perf_counter() - t0, "flops": _model_flops(loaded.model, counter),
-           "final_loss": result.final_loss}
+           "final_loss": result.final_loss, **clock.figures(BATCH)}
     if acc_rows is not None:
         out["acc"] = _accuracy(loaded.model, loaded.tokenizer, corpus, device)
     return {**out, **_peak_memory(device)}
@@ -132,13 +154,22 @@ def run_trainer(steps: int | None, acc_rows: int | None, device: str) -> dict:
         train_sampling_strategy="group_by_length", logging_steps=10, save_strategy="no", report_to=[],
         dataloader_num_workers=0, disable_tqdm=True,
     )
+    from transformers import TrainerCallback
+
+    clock = _Clock()
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            clock.mark(state.global_step)
+
     trainer = Trainer(model=loaded.model, args=args, train_dataset=rows,
-                      data_collator=DataCollatorWithPadding(loaded.tokenizer))
+                      data_collator=DataCollatorWithPadding(loaded.tokenizer), callbacks=[Tick()])
     m = trainer.train().metrics
     n_steps = trainer.state.global_step
     out = {"who": "trainer", "steps": n_steps, "samples": round(m["train_samples_per_second"] * m["train_runtime"]),
            "train_s": m["train_runtime"], "wall_s": time.perf_counter() - t0,
-           "flops": _model_flops(loaded.model, counter), "final_loss": m.get("train_loss")}
+           "flops": _model_flops(loaded.model, counter), "final_loss": m.get("train_loss"),
+           **clock.figures(BATCH)}
     if acc_rows is not None:
         loaded.model.eval()
         out["acc"] = _accuracy(loaded.model, loaded.tokenizer, corpus, device)
@@ -229,6 +260,8 @@ def main() -> None:
         else:
             res = run_trainer(steps, rows, args.device)
         print(json.dumps(res))
+        with open(Path(os.environ.get("TMPDIR", "/tmp")) / "bdcli-vs-trainer.jsonl", "a") as fh:
+            fh.write(json.dumps({**res, "plain": os.environ.get("BDCLI_ENGINE_PLAIN", "0")}) + "\n")
         return
 
     import torch
@@ -268,12 +301,17 @@ def main() -> None:
             mem = f"peak RSS {res['peak_rss_mb']:.0f} MB" + (f", GPU {res['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in res else "")
             acc = f", ACC {res['acc']:.4f}" if "acc" in res else ""
             print(f"round {r + 1} {who:<12} {res['samples'] / res['train_s']:7.1f} samples/s  train {res['train_s']:6.1f} s  "
-                  f"wall {res['wall_s']:6.1f} s  {mem}  final loss {res['final_loss']:.4f}{acc}", flush=True)
+                  f"wall {res['wall_s']:6.1f} s  {mem}  final loss {res['final_loss']:.4f}{acc}  "
+                  f"| steps 2-{res['steps']}: {res['timed_samples'] / res['timed_cpu_s']:.1f} samples per CPU-s", flush=True)
     rate = {w: [x["samples"] / x["train_s"] for x in rs] for w, rs in results.items()}
     mean = {w: sum(v) / len(v) for w, v in rate.items()}
     print(f"engine {mean['engine']:.1f} samples/s (range {min(rate['engine']):.1f}-{max(rate['engine']):.1f}), "
           f"Trainer {mean['trainer']:.1f} samples/s (range {min(rate['trainer']):.1f}-{max(rate['trainer']):.1f})")
     print(f"ratio engine/Trainer: {mean['engine'] / mean['trainer']:.2f}x")
+    cpu = {w: sum(x["timed_samples"] for x in rs) / sum(x["timed_cpu_s"] for x in rs) for w, rs in results.items()}
+    print("per CPU-second (steps 2..N; the fair figure on a shared machine): "
+          + ", ".join(f"{w} {v:.1f}" for w, v in cpu.items()) + f"; ratio engine/Trainer {cpu['engine'] / cpu['trainer']:.2f}x"
+          + (f", fast/plain {cpu['engine'] / cpu['engine-plain']:.2f}x" if 'engine-plain' in cpu else ""))
     if args.with_plain:
         print(f"engine plain loop {mean['engine-plain']:.1f} samples/s: ratio plain/Trainer "
               f"{mean['engine-plain'] / mean['trainer']:.2f}x, fast/plain {mean['engine'] / mean['engine-plain']:.2f}x")
