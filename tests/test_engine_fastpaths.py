@@ -138,3 +138,40 @@ def test_checkpoint_rng_carries_the_cuda_generator_on_a_gpu(monkeypatch):
     restore_rng(saved, gpu)
     assert torch.equal(torch.rand(3), expected)
     assert len(calls) == 1 and torch.equal(calls[0][0], state["cuda"]) and calls[0][1] == gpu
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAt:
+    def __init__(self, at: int | None):
+        self.at = at
+
+    def on_step(self, state) -> bool:
+        if state.step == self.at:
+            raise _Crash
+        return False
+
+
+def test_resume_with_fused_adamw_is_exact(tiny_encoder, tmp_path, monkeypatch):
+    """A run stopped after its step-3 checkpoint and resumed ends on the uninterrupted run's weights,
+    bit for bit: the fused optimizer's state (its step counts are tensors) round-trips."""
+    from bdcli.engine.checkpoint import checkpointing
+
+    monkeypatch.setenv("BDCLI_ENGINE_PLAIN", "0")
+    cfg = TrainConfig(lr=2e-3, max_steps=7, batch_size=8, device="cpu", precision="bf16", seed=5, checkpoint_every=3)
+
+    def run(root, crash_at, resume):
+        m = load_classifier(str(tiny_encoder), label_names=["negative", "positive"], seed=0)
+        with checkpointing(root, cfg.checkpoint_every, resume):
+            res = train(m.model, m.tokenizer, _data(), cfg, hooks=[_CrashAt(crash_at)], log_every=1)
+        return res, m.model.state_dict()
+
+    ref, w_ref = run(tmp_path / "ref", None, False)
+    with pytest.raises(_Crash):
+        run(tmp_path / "cut", 5, False)
+    res, w = run(tmp_path / "cut", None, True)
+    assert res.resumed_from == {"stage": "train-1", "step": 3}
+    assert res.loss_trace == ref.loss_trace
+    assert all(torch.equal(w[k], w_ref[k]) for k in w_ref)
