@@ -147,6 +147,10 @@ def run_step(
     out = Path(out)
     cfg = config_dict(config)
     fp = fingerprint(step)
+    from .engine.distributed import world
+
+    if not world().main:
+        return _run_follower(out, fp, cfg, body, force, resume)
     described = {}
     for name, spec in all_inputs(step).items():
         path = getattr(spec, "data", spec)
@@ -171,6 +175,25 @@ def run_step(
                 except OSError:
                     pass
         raise
+
+
+def _run_follower(out: Path, fp: str, cfg: dict, body, force: bool, resume: bool) -> StepResult:
+    """A torchrun rank other than 0: it trains its share (the engine syncs it with rank 0) but
+    publishes nothing and writes no checkpoint; rank 0 alone writes ``out``. It may read rank 0's
+    checkpoints to resume. It makes rank 0's reuse-or-refuse decision too, so that it never waits
+    for a rank 0 that will not train."""
+    from .engine.checkpoint import checkpointing
+
+    if out.exists() and not force:
+        old = read_manifest(out)
+        if old is not None and old.get("fingerprint") == fp:
+            return StepResult(out, old, reused=True)
+        raise UsageError(f"output folder {out} already holds a different result; pass --force to replace it")
+
+    with tempfile.TemporaryDirectory(prefix="bdcli-rank-") as tmp:
+        with checkpointing(checkpoint_root(out, fp), int(cfg.get("checkpoint_every") or 0), resume):
+            extra = body(Path(tmp)) or {}
+    return StepResult(out, {"fingerprint": fp, **extra}, reused=False)
 
 
 def checkpoint_root(out: Path, fp: str) -> Path:

@@ -30,7 +30,7 @@ CATALOG_KIND = {"poison": "poisoner", "attack": "attack", "defend": "defense", "
 
 # Shared code every step runs through (the training loop, loading, data folders, metrics). Bump it when
 # that code changes results; tests/test_catalog.py pins it to a digest of those packages.
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2
 
 # Settings that change where a step runs or how it can be resumed, not what it computes.
 NOT_FINGERPRINTED = frozenset({"device", "checkpoint_every", "label"})

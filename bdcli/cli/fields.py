@@ -31,7 +31,7 @@ FIELD_HELP: dict[str, str] = {
     "max_length": "Truncate inputs to this many tokens.",
     "seed": "Random seed; the same seed on CPU gives the same result.",
     "device": "auto, cpu, cuda or cuda:N.",
-    "precision": "auto (bf16 autocast on CPU and bf16-capable GPUs), fp32 or bf16.",
+    "precision": "auto (bf16 autocast on CPU and bf16-capable GPUs, fp16 with a gradient scaler on other GPUs), fp32, bf16 or fp16 (CUDA only).",
     "entropy_alpha": "Weight of maximum entropy as a regulariser of cross-entropy (loss = CE - alpha*H; the paper's de-biasing use); 0 = off.",
     "record_dynamics": "Every this many steps, record centroid distances and within-group variances of clean target, clean non-target and poisoned probes, with ACC and ASR, into dynamics.csv (0: off).",
     "checkpoint_every": "Save a resumable checkpoint every this many steps (0: never); --resume continues from it.",

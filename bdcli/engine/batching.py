@@ -44,13 +44,21 @@ def collate(enc: Encoded, rows: list[int], device: torch.device) -> dict[str, to
         ids[r, : len(seq)] = torch.tensor(seq)
         mask[r, : len(seq)] = 1
     labels = torch.tensor([enc.labels[i] for i in rows], dtype=torch.long)
-    batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if enc.token_type_ids is not None:
         types = torch.zeros((len(rows), width), dtype=torch.long)
         for r, i in enumerate(rows):
             types[r, : len(enc.token_type_ids[i])] = torch.tensor(enc.token_type_ids[i])
-        batch["token_type_ids"] = types.to(device)
-    return batch
+        batch["token_type_ids"] = types
+    return to_device(batch, device)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """On a GPU, copy from pinned memory without blocking, so the host builds the next batch while the
+    GPU still works on this one (the copy is ordered on the stream before any kernel that reads it)."""
+    if device.type != "cuda":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def eval_batches(enc: Encoded, batch_size: int) -> list[list[int]]:

@@ -115,3 +115,18 @@ def active_root() -> Path | None:
     where a command keeps what else must survive a kill (probe-sd's snapshots)."""
     store = _ACTIVE.get()
     return store.root if store is not None else None
+
+
+def rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
+    """The RNG states a resumed run needs to draw the same dropout masks: the CPU generator's, and on
+    a GPU that device's own generator (CUDA kernels draw from it, not from the CPU one)."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return tensors
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)

@@ -30,7 +30,6 @@ def representation(model, batch: dict[str, torch.Tensor], rep: str) -> torch.Ten
     raise BdcliError(f"unknown representation {rep!r}; use one of {', '.join(REPRESENTATIONS)}")
 
 
-@torch.no_grad()
 def forward_all(
     model,
     enc: Encoded,
@@ -40,19 +39,23 @@ def forward_all(
     precision: str,
     what: str = "logits",
 ) -> torch.Tensor:
-    """``what`` is ``logits`` or a representation name; rows come back in the data's order, as fp32."""
+    """``what`` is ``logits`` or a representation name; rows come back in the data's order, as fp32.
+
+    The passes run under inference_mode (no autograd bookkeeping at all, unlike no_grad); the result
+    is copied into an ordinary tensor, so callers may use it in training (a head fitted on features)."""
     was_training = model.training
     model.eval()
     out: torch.Tensor | None = None
     try:
         for rows in eval_batches(enc, batch_size):
-            batch = collate(enc, rows, device)
-            with autocast(device, precision):
-                if what == "logits":
-                    vals = model(**_model_inputs(batch)).logits
-                else:
-                    vals = representation(model, batch, what)
-            vals = vals.float().cpu()
+            with torch.inference_mode():
+                batch = collate(enc, rows, device)
+                with autocast(device, precision):
+                    if what == "logits":
+                        vals = model(**_model_inputs(batch)).logits
+                    else:
+                        vals = representation(model, batch, what)
+                vals = vals.float().cpu()
             if out is None:
                 out = torch.empty((len(enc), vals.shape[1]), dtype=torch.float32)
             out[torch.tensor(rows)] = vals

@@ -13,13 +13,16 @@ from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Protocol, Union
 
 import torch
+from torch.profiler import record_function
 
 from ..data.dataset import TextDataset
 from ..errors import BdcliError, UsageError
 from ..progress import progress_bar
 from .batching import collate, encode, train_batches
-from .checkpoint import next_slot, optimizer_from_flat, optimizer_to_flat
-from .device import autocast, resolve_device
+from .checkpoint import next_slot, optimizer_from_flat, optimizer_to_flat, restore_rng, rng_tensors
+from .device import autocast, grad_scaler, resolve_device
+from .distributed import init as init_distributed
+from .distributed import shard, sum_across, world
 from .objectives import OBJECTIVES, prediction_entropy
 # The config lives in a torch-free module, so that the CLI and recipes build it without importing torch.
 from ..train_config import SCHEDULES, TrainConfig  # noqa: F401  (re-exported)
@@ -110,6 +113,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _plain() -> bool:
+    """``BDCLI_ENGINE_PLAIN=1``: the plain reference loop (for-loop AdamW, a host read of the loss
+    every step, every progress update), which the fast paths are tested and benchmarked against."""
+    return os.environ.get("BDCLI_ENGINE_PLAIN", "") not in ("", "0")
+
+
+def make_optimizer(groups: list[dict], lr: float, plain: bool = False) -> torch.optim.Optimizer:
+    """AdamW, fused into one kernel per parameter group where torch has one for the parameters' device
+    (CPU and CUDA): the for-loop version launches a dozen small ops per parameter tensor, which cost
+    more than the arithmetic on a model of MiniLM's size (docs/speed.md)."""
+    if not plain:
+        try:
+            return torch.optim.AdamW(groups, lr=lr, fused=True)
+        except (RuntimeError, ValueError):  # a device or dtype the fused kernel does not cover
+            return torch.optim.AdamW(groups, lr=lr, foreach=True)
+    return torch.optim.AdamW(groups, lr=lr, foreach=False)
+
+
 def train(
     model: torch.nn.Module,
     tokenizer,
@@ -122,10 +143,16 @@ def train(
     desc: str = "training",
     log_every: int = 10,
 ) -> TrainResult:
-    """Train ``model`` in place on ``data``; ``params`` restricts what the optimiser updates."""
+    """Train ``model`` in place on ``data``; ``params`` restricts what the optimiser updates.
+
+    Under torchrun (WORLD_SIZE > 1) the processes train one model together (engine/distributed.py)."""
     if len(data) == 0:
         raise UsageError("no training rows: the data (or the chosen fraction of it) is empty")
+    w = world()
     if callable(objective):
+        if w.distributed:
+            raise UsageError(f"{desc}: this procedure's own training objective runs on one process only; "
+                             "launch it without torchrun")
         step_loss = objective
     else:
         logits_loss = OBJECTIVES.get(objective)
@@ -140,8 +167,16 @@ def train(
     hooks = list(hooks)
     if (extra := EXTRA_HOOKS.get()) is not None:
         hooks += extra(model, tokenizer, desc)
+    plain = _plain()
     device = resolve_device(cfg.device)
+    if w.distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", w.local_rank)
+    init_distributed(w, device)
     seed_everything(cfg.seed)
+    if w.distributed:
+        # Each rank draws its own dropout masks for its share of the batch (the same seed on every
+        # rank would give correlated masks); the batches come from ``rng`` below, the same on all.
+        torch.manual_seed(cfg.seed + 7919 * w.rank)
     rng = random.Random(cfg.seed)
     enc = encode(tokenizer, data, cfg.max_length)
     per_epoch = math.ceil(len(enc) / cfg.batch_size)
@@ -152,10 +187,16 @@ def train(
     trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]
-    opt = torch.optim.AdamW(
+    opt = make_optimizer(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
+        cfg.lr, plain,
     )
+    scaler = grad_scaler(device, cfg.precision)
+    net = model
+    if w.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     warmup = int(cfg.warmup_ratio * total)
 
     def lr_factor(step: int) -> float:
@@ -185,26 +226,52 @@ def train(
             return TrainResult.from_json(saved["result"])
         optimizer_from_flat(opt, saved["optimizer"], saved["tensors"])
         sched.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["tensors"]["rng.torch"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        restore_rng(saved["tensors"], device)
+        if w.distributed and not w.main:  # rank 0's checkpoint holds rank 0's generator
+            torch.manual_seed(cfg.seed + 7919 * w.rank + saved["step"])
         step, samples, epoch, skip = saved["step"], saved["samples"], saved["epoch"], saved["next_batch"]
         loss_val, elapsed = saved["loss"], saved["elapsed"]
         trace = [tuple(x) for x in saved["loss_trace"]]
         resumed_from = {"stage": slot.path.name, "step": step}  # type: ignore[union-attr]
         rng.setstate(_rng_from_json(saved["epoch_rng"]))
 
+    # Losses not yet read on the host. Reading one waits for the GPU to finish the step, so on CUDA
+    # they are read every log_every steps (and before every checkpoint and at the end); on a CPU the
+    # read costs nothing and happens every step, so a non-finite loss stops the run at once.
+    pending: list[tuple[int, torch.Tensor]] = []
+    sync_every = 1 if plain or device.type != "cuda" or hooks else log_every
+
+    def read_losses() -> None:
+        nonlocal loss_val
+        if not pending:
+            return
+        values = torch.stack([x for _, x in pending]).tolist()
+        for (at, _), value in zip(pending, values):
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"{desc}: the loss became {value} at step {at}; "
+                                       "lower the learning rate (nothing was published)")
+            if at % log_every == 0 or at == total:
+                trace.append((at, value))
+        loss_val = values[-1]
+        pending.clear()
+
     def checkpoint(done: bool, epoch_rng, next_batch: int, result: TrainResult | None = None) -> None:
         meta, tensors = optimizer_to_flat(opt)
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update(rng_tensors(device))
         state = {
             "done": done, "step": step, "samples": samples, "epoch": epoch, "next_batch": next_batch,
             "loss": loss_val, "elapsed": elapsed + time.perf_counter() - start, "loss_trace": trace,
             "epoch_rng": _rng_to_json(epoch_rng), "optimizer": meta, "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks],  # type: ignore[attr-defined]
             "result": result.to_json() if result else None,
         }
         slot.save(model, state, tensors)  # type: ignore[union-attr]
 
     start = time.perf_counter()
+    shown, last_shown = 0, 0.0
     with progress_bar(total, desc) as update:
         update(step)
         while step < total and not stopped:
@@ -213,39 +280,55 @@ def train(
             for b, rows in enumerate(batches):
                 if b < skip:
                     continue
-                batch = collate(enc, rows, device)
-                with autocast(device, cfg.precision):
-                    loss = step_loss(model, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                opt.step()
-                sched.step()
+                mine, weight = shard(rows, w) if w.distributed else (rows, 1.0)
+                with record_function("bdcli.data"):
+                    batch = collate(enc, mine, device)
+                with record_function("bdcli.forward"), autocast(device, cfg.precision):
+                    loss = step_loss(net, batch)
+                with record_function("bdcli.backward"):
+                    opt.zero_grad(set_to_none=True)
+                    scaled = loss * weight if w.distributed else loss
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                with record_function("bdcli.optimizer"):
+                    if scaler is not None:
+                        scaler.unscale_(opt)
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                    if scaler is not None:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
+                    sched.step()
                 step += 1
                 samples += len(rows)
-                loss_val = loss.item()
-                if not math.isfinite(loss_val):
-                    raise TrainingDiverged(f"{desc}: the loss became {loss_val} at step {step}; "
-                                           "lower the learning rate (nothing was published)")
-                if step % log_every == 0 or step == total:
-                    trace.append((step, loss_val))
+                # The whole batch's mean loss: each rank's share, weighted by its rows, summed.
+                pending.append((step, sum_across(loss.detach() * (weight / w.size), w) if w.distributed
+                                else loss.detach()))
+                if step % sync_every == 0 or step == total:
+                    read_losses()
                 state = TrainState(step, total, epoch, loss_val, model, device)
                 for hook in hooks:
                     stopped = bool(hook.on_step(state)) or stopped
-                info = " ".join([f"loss {loss_val:.4f}", *state.info.values()])
-                update(1, info)
+                # Redrawing the bar every step costs more than a tiny model's step; 4 times a second is enough.
+                now = time.monotonic()
+                if plain or now - last_shown >= 0.25 or step >= total or stopped:
+                    update(step - shown, " ".join([f"loss {loss_val:.4f}", *state.info.values()]))
+                    shown, last_shown = step, now
                 if stopped or step >= total:
                     break
                 if slot is not None and slot.due(step):
-                    checkpoint(False, epoch_rng, b + 1)
+                    read_losses()
+                    if w.main:
+                        checkpoint(False, epoch_rng, b + 1)
                     if fault is not None and fault == (slot.path.name, step):
                         os.kill(os.getpid(), signal.SIGKILL)
             skip = 0
             epoch += 1
+    read_losses()
     result = TrainResult(step, stopped, elapsed + time.perf_counter() - start, samples, loss_val, trace,
                          resumed_from)
-    if slot is not None:
+    if slot is not None and w.main:
         checkpoint(True, rng.getstate(), 0, result)
     model.eval()
     return result
