@@ -300,7 +300,7 @@ def test_cli_defend_then_evaluate(defended, name):
 
 # The tiny victim learns the trigger by predicting the target label for every row (ACC at chance), and a
 # few steps of clean re-training at this chain's budget do not move it off that: the direction cannot be
-# shown on the tiny model (it is measured on MiniLM in docs/results.md). Strict, so that a change that
+# shown on the tiny model (docs/results.md has the MiniLM numbers). Strict, so that a change that
 # makes it show fails here and the xfail is removed.
 @pytest.mark.xfail(strict=True, reason="the tiny victim predicts the target label everywhere and 2 clean "
                    "re-training steps do not undo it, so its ASR stays where it was")
