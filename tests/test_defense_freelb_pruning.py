@@ -255,20 +255,36 @@ def test_apply_masks_zeroes_exactly_the_masked_entries():
 def victim(tmp_path_factory, small_sst2, tiny_encoder):
     runs = tmp_path_factory.mktemp("runs")
     bdcli("poison", "badnets", "--data", small_sst2, "--rate", "0.1", "--target", "1", "--out", runs / "poisoned")
-    bdcli("attack", "finetune", "--model", tiny_encoder, "--data", runs / "poisoned", "--lr", "2e-3", "--max-steps", "6",
+    # 30 steps: enough for the tiny victim to learn the trigger (after 6 it has not, and a defense would
+    # have nothing to lower).
+    bdcli("attack", "finetune", "--model", tiny_encoder, "--data", runs / "poisoned", "--lr", "2e-3", "--max-steps", "30",
           "--batch-size", "16", "--out", runs / "victim")
+    bdcli("evaluate", "--model", runs / "victim", "--data", runs / "poisoned", "--out", runs / "eval" / "victim")
     return runs
 
 
-@pytest.mark.parametrize("name, extra", [
-    ("freelb", ["--adv-steps", "2", "--max-steps", "2"]),
-    ("fine-pruning", ["--prune-ratio", "0.5", "--prune-batches", "2", "--max-steps", "2"]),
-])
-def test_cli_defend_then_evaluate(victim, small_sst2, name, extra):
-    out = victim / name
-    bdcli("defend", name, "--model", victim / "victim", "--data", small_sst2, "--clean-fraction", "0.2",
-          "--batch-size", "16", *extra, "--out", out)
-    manifest = json.loads((out / "manifest.json").read_text())
+DEFENDED = {
+    "freelb": ["--adv-steps", "2", "--max-steps", "2"],
+    "fine-pruning": ["--prune-ratio", "0.5", "--prune-batches", "2", "--max-steps", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def defended(victim, small_sst2):
+    for name, extra in DEFENDED.items():
+        bdcli("defend", name, "--model", victim / "victim", "--data", small_sst2, "--clean-fraction", "0.2",
+              "--batch-size", "16", *extra, "--out", victim / name)
+        bdcli("evaluate", "--model", victim / name, "--data", victim / "poisoned", "--out", victim / "eval" / name)
+    return victim
+
+
+def _metrics(runs, name):
+    return json.loads((runs / "eval" / name / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("name", list(DEFENDED))
+def test_cli_defend_then_evaluate(defended, name):
+    manifest = json.loads((defended / name / "manifest.json").read_text())
     assert manifest["provenance"]["method"] == name and manifest["provenance"]["clean_rows"] == 80
     summary = manifest["summary"]
     if name == "freelb":
@@ -276,9 +292,21 @@ def test_cli_defend_then_evaluate(victim, small_sst2, name, extra):
     else:
         assert summary["retrain"]["steps"] == 2 and summary["pruning"]["importance_batches"] == 2
         assert summary["pruning"]["total"]["ratio"] == pytest.approx(0.5, abs=1e-3)
-    bdcli("evaluate", "--model", out, "--data", victim / "poisoned", "--out", victim / "eval" / name)
-    metrics = json.loads((victim / "eval" / name / "metrics.json").read_text())
-    assert metrics["n_clean"] == 200 and metrics["n_poison"] == 100 and 0 <= metrics["asr"] <= 1
+    metrics = _metrics(defended, name)
+    assert metrics["n_clean"] == 200 and metrics["n_poison"] == 100
+    assert metrics["method"] == name and metrics["asr"] is not None
+    assert _metrics(defended, "victim")["asr"] >= 0.9  # the victim has a backdoor to remove
+
+
+# The tiny victim learns the trigger by predicting the target label for every row (ACC at chance), and a
+# few steps of clean re-training at this chain's budget do not move it off that: the direction cannot be
+# shown on the tiny model (docs/results.md has the MiniLM numbers). Strict, so that a change that
+# makes it show fails here and the xfail is removed.
+@pytest.mark.xfail(strict=True, reason="the tiny victim predicts the target label everywhere and 2 clean "
+                   "re-training steps do not undo it, so its ASR stays where it was")
+@pytest.mark.parametrize("name", list(DEFENDED))
+def test_cli_defense_lowers_the_victims_asr(defended, name):
+    assert _metrics(defended, name)["asr"] < _metrics(defended, "victim")["asr"]
 
 
 def test_cli_help_and_bad_ratio(victim, small_sst2):

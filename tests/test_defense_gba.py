@@ -214,9 +214,11 @@ def test_bad_class_tokens_and_options_are_refused(tiny_encoder):
 def runs(tmp_path_factory, small_sst2, tiny_encoder):
     runs = tmp_path_factory.mktemp("gba-runs")
     bdcli("poison", "badnets", "--data", small_sst2, "--rate", "0.1", "--target", "1", "--out", runs / "poisoned")
-    # Only the plumbing is under test here: a few steps each.
-    bdcli("attack", "finetune", "--model", tiny_encoder, "--data", runs / "poisoned", "--lr", "2e-3", "--max-steps", "6",
+    # 30 steps: enough for the tiny victim to learn the trigger (after 6 it has not, and a defense would
+    # have nothing to lower; docs/trust-resume.md). The defense gets a few steps.
+    bdcli("attack", "finetune", "--model", tiny_encoder, "--data", runs / "poisoned", "--lr", "2e-3", "--max-steps", "30",
           "--batch-size", "16", "--out", runs / "victim")
+    bdcli("evaluate", "--model", runs / "victim", "--data", runs / "poisoned", "--out", runs / "eval-victim")
     # small_sst2's labels are unnamed ("0", "1"), so the class tokens are given.
     bdcli("defend", "gba", "--model", runs / "victim", "--data", small_sst2, "--clean-fraction", "0.25", "--batch-size", "16",
           "--max-steps", "4", "--lr", "1e-3", "--class-tokens", "terrible,good", "--out", runs / "gba")
@@ -226,7 +228,9 @@ def runs(tmp_path_factory, small_sst2, tiny_encoder):
 
 def test_cli_defends_and_evaluate_reads_the_prompt_model(runs):
     metrics = json.loads((runs / "eval" / "metrics.json").read_text())
-    assert 0 <= metrics["acc"] <= 1 and 0 <= metrics["asr"] <= 1
+    victim = json.loads((runs / "eval-victim" / "metrics.json").read_text())
+    # The defense lowers its victim's ASR on the same ASR set.
+    assert victim["asr"] >= 0.9 and metrics["asr"] < victim["asr"]
     assert metrics["method"] == "gba" and metrics["n_clean"] == 200 and metrics["n_poison"] == 100
     folder = runs / "gba"
     assert not list(folder.glob("*.bin")) and (folder / "prompt_template.safetensors").is_file()

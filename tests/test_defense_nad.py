@@ -188,11 +188,15 @@ def test_a_model_without_hidden_states_is_a_clear_error():
         hidden_states(NoStates(), {"input_ids": torch.zeros(1, 3, dtype=torch.long)}, "the student")
 
 
-def test_nad_and_nad_c_end_to_end_through_the_cli(tmp_path, small_sst2, tiny_encoder):
-    runs = tmp_path
+@pytest.fixture(scope="module")
+def nad_runs(tmp_path_factory, small_sst2, tiny_encoder):
+    runs = tmp_path_factory.mktemp("nad-runs")
     bdcli("poison", "badnets", "--data", small_sst2, "--rate", "0.1", "--target", "1", "--out", runs / "poisoned")
-    bdcli("attack", "finetune", "--model", tiny_encoder, "--data", runs / "poisoned", "--lr", "2e-3", "--max-steps", "4",
+    # 30 steps: enough for the tiny victim to learn the trigger (after 4 it has not, and a defense would
+    # have nothing to lower).
+    bdcli("attack", "finetune", "--model", tiny_encoder, "--data", runs / "poisoned", "--lr", "2e-3", "--max-steps", "30",
           "--batch-size", "16", "--precision", "fp32", "--out", runs / "victim")
+    bdcli("evaluate", "--model", runs / "victim", "--data", runs / "poisoned", "--out", runs / "eval" / "victim")
     # --max-steps caps both stages.
     common = ["--model", runs / "victim", "--data", small_sst2, "--clean-fraction", "0.25", "--batch-size", "8",
               "--lr", "1e-3", "--nad-teacher-lr", "1e-3", "--max-steps", "2", "--precision", "fp32"]
@@ -201,8 +205,34 @@ def test_nad_and_nad_c_end_to_end_through_the_cli(tmp_path, small_sst2, tiny_enc
     for m in ("nad", "nad-c"):
         res = bdcli("evaluate", "--model", runs / m, "--data", runs / "poisoned", "--out", runs / "eval" / m)
         assert "ACC" in res.output and "ASR" in res.output
-        metrics = json.loads((runs / "eval" / m / "metrics.json").read_text())
-        assert 0 <= metrics["acc"] <= 1 and 0 <= metrics["asr"] <= 1
+    return runs
+
+
+def _metrics(runs, name):
+    return json.loads((runs / "eval" / name / "metrics.json").read_text())
+
+
+# NAD-C's student is the clean checkpoint itself, which never saw the trigger: its ASR is below the
+# victim's even on the tiny model.
+def test_nad_c_lowers_the_victims_asr(nad_runs):
+    assert _metrics(nad_runs, "victim")["asr"] >= 0.9  # the victim has a backdoor to remove
+    assert _metrics(nad_runs, "nad-c")["asr"] < _metrics(nad_runs, "victim")["asr"]
+
+
+# The tiny victim learns the trigger by predicting the target label for every row (ACC at chance), and NAD's
+# 2 student steps at this chain's budget do not move it off that: the tiny model cannot show NAD lowering
+# ASR. Strict, so that a change that makes it show fails here and the xfail is removed.
+@pytest.mark.xfail(strict=True, reason="the tiny victim predicts the target label everywhere and 2 distillation "
+                   "steps do not undo it, so its ASR stays where it was")
+def test_nad_lowers_the_victims_asr(nad_runs):
+    assert _metrics(nad_runs, "nad")["asr"] < _metrics(nad_runs, "victim")["asr"]
+
+
+def test_nad_and_nad_c_end_to_end_through_the_cli(nad_runs, small_sst2, tiny_encoder):
+    runs = nad_runs
+    for m in ("nad", "nad-c"):
+        metrics = _metrics(runs, m)
+        assert metrics["method"] == m and metrics["n_clean"] == 200 and metrics["n_poison"] == 100
     man = json.loads((runs / "nad-c" / "manifest.json").read_text())
     assert man["provenance"]["method"] == "nad-c" and man["config"]["clean_model"] == str(tiny_encoder)
     assert "clean_model" in man["inputs"]

@@ -217,6 +217,10 @@ def train(
     fault = _fault_point()
     resumed_from = None
     saved = slot.load(model) if slot is not None else None
+    if saved is not None and saved.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+        # Intra-op reductions are split by thread count, so a different count changes every weight from
+        # the first step (docs/trust-resume.md): the rest of the run goes on at the checkpoint's count.
+        torch.set_num_threads(saved["threads"])
     if saved is not None:
         for hook, hs in zip(hooks, saved["hooks"]):
             if hs is not None:
@@ -267,6 +271,7 @@ def train(
             "scaler": scaler.state_dict() if scaler is not None else None,
             "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks],  # type: ignore[attr-defined]
             "result": result.to_json() if result else None,
+            "threads": torch.get_num_threads(),
         }
         slot.save(model, state, tensors)  # type: ignore[union-attr]
 
