@@ -243,8 +243,14 @@ def evaluate(
             record.update(
                 asr=attack_success_rate(preds, int(poison_record["target"])),
                 asr_c=asr_per_class(preds, asr_set.labels, corpus.label_names),
+                asr_c_rows="non-target",
                 n_poison=len(asr_set),
             )
+            every_row = corpus.splits.get("test-poison-all")
+            if every_row is not None:
+                # GBA's ASR_c: the trigger in EVERY test row, class c's rate over the rows not of c.
+                record.update(asr_c=asr_per_class(predict(every_row), every_row.labels, corpus.label_names),
+                              asr_c_rows="every", n_poison_all=len(every_row))
         (tmp / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         return {"device": str(device), "provenance": {k: record[k] for k in ("method", "attack", "dataset", "scenario")},
                 "summary": _with_warnings({k: record[k] for k in ("acc", "asr")}, corpus)}

@@ -146,8 +146,9 @@ def test_cli_chain_records_the_attack_and_evaluates(chain, attack, ids):
 def test_sos_trains_on_its_poisoned_and_negative_rows(chain):
     summary = json.loads((chain / "sos" / "manifest.json").read_text())["summary"]
     assert summary["trigger_pieces"] == {"friends": ["friends"], "weekend": ["weekend"], "store": ["store"]}
-    # 10% of 400 rows poisoned, 10% negative: the SOS step sees those 80 rows only.
-    assert summary["n_poisoned"] == 40 and summary["n_negative"] == 40 and summary["rows"] == 80
+    # 10% of 400 rows poisoned, 10% seed negatives, each added once per two-word subset (3): the SOS
+    # step sees those 40 + 120 rows only.
+    assert summary["n_poisoned"] == 40 and summary["n_negative"] == 120 and summary["rows"] == 160
 
 
 def test_ep_trains_on_every_poisoned_row(chain):
