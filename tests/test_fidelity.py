@@ -71,3 +71,72 @@ def test_evaluate_measures_asr_c_on_every_triggered_row(tiny_encoder, small_sst2
     m = json.loads((runs / "eval" / "metrics.json").read_text())
     assert m["asr_c_rows"] == "every" and m["n_poison_all"] == 200 and m["n_poison"] == 100
     assert set(m["asr_c"]) == {"0", "1"}  # the small folder's label names
+
+
+# --- fine-pruning: the embeddings, per-sample importance --------------------------------------------
+def _toy_clean(n: int = 24) -> TextDataset:
+    pos = ["a great and wonderful film", "truly moving and funny", "beautiful , smart , fun"]
+    neg = ["a dull and boring mess", "tedious , flat and long", "an awful waste of time"]
+    return TextDataset([(pos if i % 2 else neg)[i % 3] for i in range(n)], [i % 2 for i in range(n)], NAMES)
+
+
+def _tiny_classifier(tiny_encoder):
+    from bdcli.models.load import load_classifier
+
+    return load_classifier(str(tiny_encoder), label_names=NAMES, seed=0)
+
+
+def test_pruning_with_embeddings_zeroes_the_rows_of_words_the_clean_data_never_uses(tiny_encoder, one_thread):
+    from bdcli.defenses.pruning import FinePruningConfig, fine_pruning_defense, prunable_weights
+
+    m = _tiny_classifier(tiny_encoder)
+    assert "bert.embeddings.word_embeddings.weight" not in prunable_weights(m.model)
+    cfg = FinePruningConfig(device="cpu", batch_size=8, prune_ratio=0.5, retrain=False, prune_embeddings=True)
+    out = fine_pruning_defense(cfg, m, _toy_clean())
+    E = m.model.bert.embeddings.word_embeddings.weight
+    cf = m.tokenizer.convert_tokens_to_ids("cf")
+    great = m.tokenizer.convert_tokens_to_ids("great")
+    assert bool((E[cf] == 0).all())  # the trigger word's row, never in the clean data: zero importance
+    assert bool((E[great] != 0).any())  # a clean word's row keeps its important entries
+    s = out["pruning"]
+    assert s["embeddings_pruned"] and s["matrices"]["bert.embeddings.word_embeddings.weight"]["ratio"] == pytest.approx(0.5, abs=1e-6)
+    assert "bert.embeddings.position_embeddings.weight" in s["matrices"] and not s["not_pruned"].startswith("embeddings")
+    # Without the option the embedding table is left as it was.
+    m2 = _tiny_classifier(tiny_encoder)
+    E0 = m2.model.bert.embeddings.word_embeddings.weight.detach().clone()
+    fine_pruning_defense(FinePruningConfig(device="cpu", batch_size=8, retrain=False), m2, _toy_clean())
+    assert torch_equal(m2.model.bert.embeddings.word_embeddings.weight, E0)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_per_sample_importance_is_the_mean_of_each_rows_abs_taylor_term_and_differs_from_per_batch():
+    import torch
+    import torch.nn.functional as F
+
+    from bdcli.defenses.pruning import single_rows, taylor_importance
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    y = torch.tensor([0, 1, 0, 1])
+    loss = lambda m, b: F.cross_entropy(m(b["x"].float()), b["labels"])  # noqa: E731
+    # single_rows cuts each row to its attention mask; a [4, 3] "x" stands in for the ids here.
+    batch = {"x": x, "labels": y, "attention_mask": torch.ones(4, 3, dtype=torch.long), "input_ids": torch.zeros(4, 3, dtype=torch.long)}
+    per_sample = taylor_importance(lin, single_rows(batch), {"w": lin.weight}, loss_fn=loss)["w"]
+    want = sum((torch.autograd.grad(F.cross_entropy(lin(x[i : i + 1]), y[i : i + 1]), lin.weight)[0] * lin.weight).abs()
+               for i in range(4)) / 4
+    assert torch.allclose(per_sample, want.detach())
+    per_batch = taylor_importance(lin, [batch], {"w": lin.weight}, loss_fn=loss)["w"]
+    g = torch.autograd.grad(F.cross_entropy(lin(x), y), lin.weight)[0]
+    assert torch.allclose(per_batch, (g * lin.weight).abs().detach())
+    # |mean| <= mean |.|, strictly here: the rows' gradients cancel inside the batch.
+    assert bool((per_batch <= per_sample + 1e-7).all()) and float((per_sample - per_batch).sum()) > 1e-3
+    with pytest.raises(UsageError, match="unknown pruning importance 'row'"):
+        from bdcli.defenses.pruning import FinePruningConfig
+
+        FinePruningConfig(prune_importance="row")
