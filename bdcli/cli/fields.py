@@ -77,6 +77,7 @@ FIELD_HELP: dict[str, str] = {
     "retrain": "Fine-pruning: re-train on clean data after pruning, pruned weights held at zero (--no-retrain: prune only).",
     "nad_beta": "NAD: weight beta of the attention-distillation loss, >= 0 (NAD's code: 5000; GBA searched 1000, 2000, 5000).",
     "nad_layers": "NAD: comma-separated hidden-state layers to distil, 0 = embeddings, 1..L = transformer layers (default: all 1..L).",
+    "nad_layer_reduce": "NAD: combine the distilled layers' distances by their 'mean' (beta weighs one layer, whatever the depth) or 'sum'.",
     "nad_power": "NAD: power p of the attention map sum_d |h_d|^p over the hidden dimension (NAD: 2).",
     "nad_distance": "NAD: distance of the normalised maps, 'mse' (NAD's code; the scale of its beta) or 'l2' (NAD's paper).",
     "nad_teacher_lr": "NAD: learning rate of the teacher's clean fine-tune (stage 1); --lr is the student's.",
