@@ -297,8 +297,8 @@ def _register_evaluator() -> None:
     from .steps import EVALUATORS
 
     EVALUATORS.register("standard")(Entry(
-        "evaluator", "standard", 1, "Evaluate", 0,
-        "ACC on the clean test split; ASR and per-class ASR_c on the ASR set (test-poison).", EvalConfig, "bdcli.api",
+        "evaluator", "standard", 2, "Evaluate", 0,
+        "ACC on the clean test split; ASR on the ASR set (test-poison); GBA's per-class ASR_c on every triggered test row (test-poison-all) where the data has it.", EvalConfig, "bdcli.api",
     ))
 
 

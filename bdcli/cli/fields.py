@@ -74,6 +74,8 @@ FIELD_HELP: dict[str, str] = {
     "adv_max_norm": "FreeLB: bound epsilon on each example's L2 norm of delta over all its tokens; 0 = unbounded.",
     "prune_ratio": "Fine-pruning: share of each encoder weight matrix zeroed by Taylor importance, in [0, 1) (paper: 0.5 SST-2, 0.6 AG's News).",
     "prune_batches": "Fine-pruning: clean batches the Taylor importance is averaged over (default: the whole clean set).",
+    "prune_importance": "Fine-pruning: Taylor importance per 'sample' (eq. 13, the mean of each row's |dL/dW * W|; default) or per 'batch' (cheaper; the rows' gradients cancel inside a batch).",
+    "prune_embeddings": "Fine-pruning: also prune the word, position and token-type embedding tables ('each layer' read to include the embeddings); rows of words the clean data never uses go first.",
     "retrain": "Fine-pruning: re-train on clean data after pruning, pruned weights held at zero (--no-retrain: prune only).",
     "nad_beta": "NAD: weight beta of the attention-distillation loss, >= 0 (NAD's code: 5000; GBA searched 1000, 2000, 5000).",
     "nad_layers": "NAD: comma-separated hidden-state layers to distil, 0 = embeddings, 1..L = transformer layers (default: all 1..L).",
