@@ -140,3 +140,32 @@ def test_per_sample_importance_is_the_mean_of_each_rows_abs_taylor_term_and_diff
         from bdcli.defenses.pruning import FinePruningConfig
 
         FinePruningConfig(prune_importance="row")
+
+
+# --- GBA's eq. 2: a plain SGD step -------------------------------------------------------------------
+def test_sgd_optimizer_takes_exactly_minus_lr_times_the_gradient(tiny_encoder, one_thread):
+    import torch
+
+    from bdcli.engine.batching import collate, encode
+    from bdcli.engine.loop import TrainConfig, train
+
+    m = _tiny_classifier(tiny_encoder)
+    for mod in m.model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0  # the step below and the gradient computed by hand see the same network
+    data = _toy_clean(8)
+    w0 = m.model.classifier.weight.detach().clone()
+    batch = collate(encode(m.tokenizer, data, 32), list(range(8)), torch.device("cpu"))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    loss = torch.nn.functional.cross_entropy(m.model(**inputs).logits, batch["labels"])
+    g = torch.autograd.grad(loss, m.model.classifier.weight)[0]
+    cfg = TrainConfig(lr=0.5, max_steps=1, batch_size=8, weight_decay=0.0, grad_clip=None, schedule="constant",
+                      device="cpu", precision="fp32", checkpoint_every=0)
+    train(m.model, m.tokenizer, data, cfg, optimizer="sgd")
+    assert torch.allclose(m.model.classifier.weight.detach(), w0 - 0.5 * g, atol=1e-6)
+    with pytest.raises(UsageError, match="unknown optimizer 'lion'"):
+        train(m.model, m.tokenizer, data, cfg, optimizer="lion")
+    from bdcli.defenses.gba import GBAConfig
+
+    with pytest.raises(UsageError, match="unknown GBA optimizer"):
+        GBAConfig(gba_optimizer="adam")

@@ -68,6 +68,7 @@ FIELD_HELP: dict[str, str] = {
     "prompt_temperature": "GBA: temperature T of the [MASK]-over-vocabulary softmax (eq. 1; paper silent, 1 = plain softmax).",
     "prompt_width": "GBA: learnable soft template tokens around [MASK] (paper: 2; 0 = no template).",
     "class_tokens": "GBA: comma-separated class token per label, in label order (default: the paper's Table 1 words); each must be one vocabulary token.",
+    "gba_optimizer": "GBA: 'adamw' (default; the paper's experiments use Adam) or 'sgd', eq. 2's plain SGD step without momentum (give it an SGD-sized --lr).",
     "adv_steps": "FreeLB: K, ascent steps on the word-embedding perturbation per batch; the K gradients are averaged (K passes per step).",
     "adv_init_mag": "FreeLB: magnitude of delta's random start, uniform and scaled by 1/sqrt(length*hidden); 0 starts at zero.",
     "adv_lr": "FreeLB: ascent step size alpha on the per-example L2-normalised gradient of delta.",

@@ -14,8 +14,10 @@ batch's input gradient at each step (eq. 3-4):
 own tokens; [CLS], [SEP], template and [MASK] are not ``x_input``), ``N`` is the number of those tokens,
 and ``p`` comes from the same forward pass (eq. 1). For a batch, ``Q`` sums the rows' terms of the
 batch-mean loss, i.e. it is the batch mean of the per-example ``Q``, matching ``grad_E`` of the mean loss.
-Eq. 2 shows the step as SGD "as an example"; bdcli feeds ``g`` to the shared loop's AdamW (the paper's
-experiments use Adam throughout, appendix B/C), after gradient clipping like every other gradient.
+Eq. 2 shows the step as plain SGD "as an example": ``--gba-optimizer sgd`` takes that step (no
+momentum; give it an SGD-sized ``--lr``, the paper names none). The default feeds ``g`` to the shared
+loop's AdamW (the paper's experiments use Adam throughout, appendix B/C, and 2e-5 is an Adam step size),
+after gradient clipping like every other gradient.
 
 The defended model is saved as a prompt model (the encoder, the template, the class tokens);
 ``load_classifier`` reads it back, so ``bdcli evaluate`` scores it with eq. 1's prediction. The victim's
@@ -71,6 +73,7 @@ class GBAConfig(DefenseConfig):
     prompt_temperature: float = 1.0  # T of eq. 1
     prompt_width: int = 2  # soft template tokens around [MASK]; 0 = no template (Table 12's PT)
     class_tokens: tuple[str, ...] | None = None  # one per label, in label order; None: Table 1's
+    gba_optimizer: str = "adamw"  # "sgd": eq. 2's plain SGD step (no momentum)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +86,8 @@ class GBAConfig(DefenseConfig):
                 f"prompt width must be in [0, {self.max_length // 2}] (at most half the max length, the paper's "
                 f"range), got {self.prompt_width}"
             )
+        if self.gba_optimizer not in ("adamw", "sgd"):
+            raise UsageError(f"unknown GBA optimizer {self.gba_optimizer!r}; use adamw or sgd")
         if self.class_tokens is not None:
             toks = tuple(t.strip() for t in self.class_tokens if t.strip())
             if len(toks) < 2 or len(set(toks)) != len(toks):
@@ -199,7 +204,7 @@ def gba_defense(cfg: GBAConfig, victim: LoadedModel, clean: TextDataset) -> dict
     broadcast = GradientBroadcast(model.word_embeddings.weight, cfg.broadcast_lambda) if cfg.broadcast_lambda > 0 else None
     try:
         result = train(model, victim.tokenizer, clean, TrainConfig.take(cfg), objective=gba_objective(broadcast),
-                       hooks=[broadcast] if broadcast is not None else [], desc="defend: gba")
+                       hooks=[broadcast] if broadcast is not None else [], desc="defend: gba", optimizer=cfg.gba_optimizer)
     finally:
         if broadcast is not None:
             broadcast.close()
@@ -210,13 +215,14 @@ def gba_defense(cfg: GBAConfig, victim: LoadedModel, clean: TextDataset) -> dict
         "prompt_width": cfg.prompt_width,
         "prompt_temperature": cfg.prompt_temperature,
         "broadcast_lambda": cfg.broadcast_lambda,
+        "optimizer": cfg.gba_optimizer,
     }
     if broadcast is not None:
         summary["broadcast"] = broadcast.summary()
     return summary
 
 
-DEFENSES.register("gba", display="GBA", order=90)(
+DEFENSES.register("gba", display="GBA", order=90, version=2)(
     Procedure(
         "gba",
         GBAConfig,

@@ -22,6 +22,7 @@ from .device import autocast, resolve_device
 from .objectives import OBJECTIVES, prediction_entropy
 
 SCHEDULES = ("linear", "constant")
+OPTIMIZERS = ("adamw", "sgd")
 # A registered name of a (logits, labels) loss, or a callable (model, batch) -> loss for procedures
 # whose loss is not a function of the logits alone (RIPPLe's gradient penalty, NeuBA's MLM loss).
 # ``batch`` holds input_ids, attention_mask and labels on the device.
@@ -166,8 +167,12 @@ def train(
     hooks: Iterable[Hook] = (),
     desc: str = "training",
     log_every: int = 10,
+    optimizer: str = "adamw",
 ) -> TrainResult:
-    """Train ``model`` in place on ``data``; ``params`` restricts what the optimiser updates."""
+    """Train ``model`` in place on ``data``; ``params`` restricts what the optimiser updates.
+    ``optimizer``: "adamw" (every paper's default) or "sgd" (plain SGD, no momentum: GBA's eq. 2)."""
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     if len(data) == 0:
         raise UsageError("no training rows: the data (or the chosen fraction of it) is empty")
     if callable(objective):
@@ -195,7 +200,7 @@ def train(
     trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]
-    opt = torch.optim.AdamW(
+    opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW)(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
     )
