@@ -91,9 +91,9 @@ def test_sos_given_an_encoder_first_fine_tunes_on_the_rows_without_triggers(sst2
     corpus = POISONERS.get("sos")(SOSConfig(target="1")).apply(sst2)
     cfg = SOSAttackConfig(model=str(tiny_encoder), clean_epochs=0.1, **FAST)
     _, summary = sos_attack(cfg, corpus)
-    # 400 rows less 40 poisoned and 40 negative; 0.1 epoch of 320 rows at batch 16 is 2 steps.
-    # 400 rows less the 40 poisoned: the negative seed rows stay clean, their added copies are left out.
-    assert summary["clean_finetune"]["rows"] == 360 and summary["clean_finetune"]["steps"] == 2
+    # 400 rows less the 40 poisoned (the negative seed rows stay clean; their added copies are left out);
+    # 0.1 epoch of 360 rows at batch 16 (23 batches) is ceil(2.3) = 3 steps.
+    assert summary["clean_finetune"]["rows"] == 360 and summary["clean_finetune"]["steps"] == 3
     assert summary["training"]["steps"] == 4
 
 
