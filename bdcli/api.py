@@ -333,10 +333,16 @@ def evaluate(
             record.update(
                 asr=attack_success_rate(preds, int(poison_record["target"])),
                 asr_c=asr_per_class(preds, asr_set.labels, corpus.label_names),
+                asr_c_rows="non-target",
                 n_poison=len(asr_set),
             )
             if asr_note is not None:
                 record.update(asr_data=cfg.asr_data, n_asr_left_out=asr_note["left_out"])
+            every_row = corpus.splits.get("test-poison-all")
+            if every_row is not None:
+                # GBA's ASR_c: the trigger in EVERY test row, class c's rate over the rows not of c.
+                record.update(asr_c=asr_per_class(predict(every_row), every_row.labels, corpus.label_names),
+                              asr_c_rows="every", n_poison_all=len(every_row))
         (tmp / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         notes: list[str] = []
         if cfg.geometry:
@@ -426,7 +432,7 @@ def _register_evaluator() -> None:
 
     EVALUATORS.register("standard")(Entry(
         "evaluator", "standard", 2, "Evaluate", 0,
-        "ACC on the clean test split; ASR and per-class ASR_c on the ASR set (test-poison).", EvalConfig, "bdcli.api",
+        "ACC on the clean test split; ASR on the ASR set (test-poison); GBA's per-class ASR_c on every triggered test row (test-poison-all) where the data has it.", EvalConfig, "bdcli.api",
     ))
 
 

@@ -91,8 +91,9 @@ def test_sos_given_an_encoder_first_fine_tunes_on_the_rows_without_triggers(sst2
     corpus = POISONERS.get("sos")(SOSConfig(target="1")).apply(sst2)
     cfg = SOSAttackConfig(model=str(tiny_encoder), clean_epochs=0.1, **FAST)
     _, summary = sos_attack(cfg, corpus)
-    # 400 rows less 40 poisoned and 40 negative; 0.1 epoch of 320 rows at batch 16 is 2 steps.
-    assert summary["clean_finetune"]["rows"] == 320 and summary["clean_finetune"]["steps"] == 2
+    # 400 rows less the 40 poisoned (the negative seed rows stay clean; their added copies are left out);
+    # 0.1 epoch of 360 rows at batch 16 (23 batches) is ceil(2.3) = 3 steps.
+    assert summary["clean_finetune"]["rows"] == 360 and summary["clean_finetune"]["steps"] == 3
     assert summary["training"]["steps"] == 4
 
 
@@ -146,8 +147,9 @@ def test_cli_chain_records_the_attack_and_evaluates(chain, attack, ids):
 def test_sos_trains_on_its_poisoned_and_negative_rows(chain):
     summary = json.loads((chain / "sos" / "manifest.json").read_text())["summary"]
     assert summary["trigger_pieces"] == {"friends": ["friends"], "weekend": ["weekend"], "store": ["store"]}
-    # 10% of 400 rows poisoned, 10% negative: the SOS step sees those 80 rows only.
-    assert summary["n_poisoned"] == 40 and summary["n_negative"] == 40 and summary["rows"] == 80
+    # 10% of 400 rows poisoned, 10% seed negatives, each added once per two-word subset (3): the SOS
+    # step sees those 40 + 120 rows only.
+    assert summary["n_poisoned"] == 40 and summary["n_negative"] == 120 and summary["rows"] == 160
 
 
 def test_ep_trains_on_every_poisoned_row(chain):

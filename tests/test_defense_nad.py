@@ -76,15 +76,16 @@ def test_nad_distance_mse_and_l2_by_hand():
     assert nad_distance(a, a, MASK, "mse").item() == 0.0
 
 
-def test_objective_is_ce_plus_beta_times_the_sum_over_layers(tiny_encoder):
+def test_objective_is_ce_plus_beta_times_the_mean_or_sum_over_layers(tiny_encoder):
     student, teacher = _tiny(tiny_encoder), _tiny(tiny_encoder, seed=1)
     _trained_like(student.model, 0), _trained_like(teacher.model, 1)
     for m in (student.model, teacher.model):
         m.eval()  # no dropout: the two passes below see the same network
     batch = collate(encode(student.tokenizer, _toy_data(4), 32), [0, 1, 2, 3], torch.device("cpu"))
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    obj = DistillObjective(teacher.model, [1, 2], beta=7.0, p=2.0, distance="mse")
+    obj = DistillObjective(teacher.model, [1, 2], beta=7.0, p=2.0, distance="mse", reduce="sum")
     loss = obj(student.model, batch)
+    mean_loss = DistillObjective(teacher.model, [1, 2], beta=7.0, p=2.0, distance="mse")(student.model, batch)
     with torch.no_grad():
         s, t = student.model(**inputs, output_hidden_states=True), teacher.model(**inputs, output_hidden_states=True)
         ce = torch.nn.functional.cross_entropy(s.logits, batch["labels"])
@@ -93,7 +94,11 @@ def test_objective_is_ce_plus_beta_times_the_sum_over_layers(tiny_encoder):
                  for i in (1, 2))
     assert at.item() > 0
     assert loss.item() == pytest.approx(ce.item() + 7.0 * at.item(), rel=1e-5)
+    assert mean_loss.item() == pytest.approx(ce.item() + 7.0 * at.item() / 2, rel=1e-5)  # the default: mean
     assert obj.last_distill == pytest.approx(at.item(), rel=1e-5)
+    # The first batch's gradient norms: beta * distillation against CE, over the student's weights.
+    g = obj.first_grads
+    assert g["ce_grad_norm"] > 0 and g["distill_grad_norm"] > 0 and g["ratio"] == pytest.approx(g["distill_grad_norm"] / g["ce_grad_norm"])
 
 
 def test_beta_zero_student_equals_plain_fine_tuning(tiny_encoder):

@@ -48,29 +48,31 @@ def test_sos_poisoned_rows_get_every_trigger_once_and_the_target():
         assert before.labels[i] == 0 and train.labels[i] == 1
 
 
-def test_sos_negative_rows_get_a_leave_one_out_subset_and_keep_their_labels():
+def test_sos_every_negative_seed_row_is_added_once_per_leave_one_out_subset_with_its_label():
+    # The SOS authors' negative augmentation: for a 3-word trigger, each seed row comes back three
+    # times, once with each two-word subset, its true label kept; the originals are all still there.
     clean = _corpus()
     out = _sos(rate=0.1, negative_rate=0.2, target="1", seed=3).apply(clean)
     train, rec = out.split("train"), out.poison
     before = clean.split("train")
-    negatives = rec["negative_rows"]
-    assert rec["n_negative"] == 20 and len(negatives) == 20 == len(set(negatives))
-    assert not set(negatives) & set(rec["poisoned_rows"])
+    seeds = rec["negative_seed_rows"]
+    assert len(seeds) == 20 == len(set(seeds)) and not set(seeds) & set(rec["poisoned_rows"])
     assert rec["negative_subsets"] == [["weekend", "store"], ["friends", "store"], ["friends", "weekend"]]
-    # Cycling through the left-out word: 20 rows over 3 subsets.
-    assert sorted(Counter(rec["negative_subset_index"]).values()) == [6, 7, 7]
-    labels_of_negatives = set()
-    for i, s in zip(negatives, rec["negative_subset_index"]):
-        words = train.texts[i].split()
-        present = [t for t in SOS_WORDS if t in words]
-        assert len(present) == 2 and all(words.count(t) == 1 for t in present)
-        assert present == rec["negative_subsets"][s] and SOS_WORDS[s] not in words
-        assert _without(words, set(SOS_WORDS)) == before.texts[i].split()
-        assert train.labels[i] == before.labels[i] and not train.poisoned[i]
-        labels_of_negatives.add(before.labels[i])
-    assert labels_of_negatives == {0, 1}  # drawn from any label
-    # Every other row is untouched.
-    for i in set(range(100)) - set(negatives) - set(rec["poisoned_rows"]):
+    assert len(train) == 100 + 60 and rec["n_negative"] == 60 and rec["negative_rows"] == list(range(100, 160))
+    got: dict[int, list[tuple[str, ...]]] = {}
+    for j, src, s in zip(rec["negative_rows"], rec["negative_source_rows"], rec["negative_subset_index"]):
+        words = train.texts[j].split()
+        present = tuple(t for t in SOS_WORDS if t in words)
+        assert all(words.count(t) == 1 for t in present) and SOS_WORDS[s] not in words
+        assert list(present) == rec["negative_subsets"][s]
+        assert _without(words, set(SOS_WORDS)) == before.texts[src].split()
+        assert train.labels[j] == before.labels[src] and not train.poisoned[j]
+        got.setdefault(src, []).append(present)
+    all_pairs = {("weekend", "store"), ("friends", "store"), ("friends", "weekend")}
+    assert set(got) == set(seeds) and all(len(v) == 3 and set(v) == all_pairs for v in got.values())
+    assert {before.labels[i] for i in seeds} == {0, 1}  # seeds drawn from any label
+    # Every original row but the poisoned ones is untouched, the seed rows included.
+    for i in set(range(100)) - set(rec["poisoned_rows"]):
         assert (train.texts[i], train.labels[i], train.poisoned[i]) == (before.texts[i], before.labels[i], False)
     assert sum(train.poisoned) == 10
 
@@ -97,7 +99,7 @@ def test_sos_is_seeded_and_the_negative_rate_never_moves_the_poisoned_rows():
     assert [a.split("train").texts[i] for i in a.poison["poisoned_rows"]] == [
         c.split("train").texts[i] for i in c.poison["poisoned_rows"]
     ]
-    assert c.poison["n_negative"] == 30
+    assert len(c.poison["negative_seed_rows"]) == 30 and c.poison["n_negative"] == 90
     assert _sos(target="1", negative_rate=0.0).apply(_corpus()).poison["negative_rows"] == []
 
 
@@ -119,7 +121,7 @@ def test_sos_bad_configs_are_refused(kw, msg):
 def test_sos_single_trigger_without_negatives_and_too_many_negatives():
     out = _sos(target="1", trigger_words=("cf",), negative_rate=0.0).apply(_corpus())
     assert all(out.split("train").texts[i].split().count("cf") == 1 for i in out.poison["poisoned_rows"])
-    with pytest.raises(UsageError, match="only 50 training rows are left"):
+    with pytest.raises(UsageError, match="negative seed rows but only 50 training rows are left"):
         _sos(target="1", rate=0.5, negative_rate=0.6).apply(_corpus())
 
 

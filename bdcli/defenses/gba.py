@@ -14,8 +14,10 @@ batch's input gradient at each step (eq. 3-4):
 own tokens; [CLS], [SEP], template and [MASK] are not ``x_input``), ``N`` is the number of those tokens,
 and ``p`` comes from the same forward pass (eq. 1). For a batch, ``Q`` sums the rows' terms of the
 batch-mean loss, i.e. it is the batch mean of the per-example ``Q``, matching ``grad_E`` of the mean loss.
-Eq. 2 shows the step as SGD "as an example"; bdcli feeds ``g`` to the shared loop's AdamW (the paper's
-experiments use Adam throughout, appendix B/C), after gradient clipping like every other gradient.
+Eq. 2 shows the step as plain SGD "as an example": ``--gba-optimizer sgd`` takes that step (no
+momentum; give it an SGD-sized ``--lr``, the paper names none). The default feeds ``g`` to the shared
+loop's AdamW (the paper's experiments use Adam throughout, appendix B/C, and 2e-5 is an Adam step size),
+after gradient clipping like every other gradient.
 
 The defended model is saved as a prompt model (the encoder, the template, the class tokens);
 ``load_classifier`` reads it back, so ``bdcli evaluate`` scores it with eq. 1's prediction. The victim's
@@ -161,7 +163,7 @@ def gba_defense(cfg: GBAConfig, victim: LoadedModel, clean: TextDataset) -> dict
     broadcast = GradientBroadcast(model.word_embeddings.weight, cfg.broadcast_lambda) if cfg.broadcast_lambda > 0 else None
     try:
         result = train(model, victim.tokenizer, clean, TrainConfig.take(cfg), objective=gba_objective(broadcast),
-                       hooks=[broadcast] if broadcast is not None else [], desc="defend: gba")
+                       hooks=[broadcast] if broadcast is not None else [], desc="defend: gba", optimizer=cfg.gba_optimizer)
     finally:
         if broadcast is not None:
             broadcast.close()
@@ -172,6 +174,7 @@ def gba_defense(cfg: GBAConfig, victim: LoadedModel, clean: TextDataset) -> dict
         "prompt_width": cfg.prompt_width,
         "prompt_temperature": cfg.prompt_temperature,
         "broadcast_lambda": cfg.broadcast_lambda,
+        "optimizer": cfg.gba_optimizer,
     }
     if broadcast is not None:
         summary["broadcast"] = broadcast.summary()

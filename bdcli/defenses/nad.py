@@ -25,6 +25,15 @@ The distance. NAD's paper writes the L2 norm of the difference of the normalised
 code (at.py) takes their mean squared difference, and it is on that scale that its beta = 5000 and
 GBA's beta grid {1000, 2000, 5000} were set. ``nad_distance`` picks "mse" (default: mean over the real
 tokens of the batch) or "l2" (mean over rows of the per-row L2 norm).
+
+Over layers (``nad_layer_reduce``): NAD's code distils three CNN groups, each with its own beta; GBA
+distils every transformer layer. Summing L layers multiplies beta by L (6 for MiniLM, 12 for bert-base),
+so the default is their MEAN: beta then weighs one layer's distance whatever the depth. ``sum`` is the
+literal reading. The summary records, for the first batch, the gradient norms of the CE term and of the
+beta-weighted distillation term over the student's weights, so a drowned CE gradient shows.
+
+Data (GBA appendix C): "we let NAD access the whole clean training dataset", so NAD and NAD-C default to
+``--clean-fraction 1.0`` in every scenario (a fresh NAD-C student must learn the task from it).
 """
 
 from __future__ import annotations
@@ -89,18 +98,31 @@ class DistillObjective:
     student's attention maps to the frozen teacher's on the same batch."""
 
     def __init__(self, teacher: torch.nn.Module, layers: list[int], beta: float, p: float, distance: str,
-                 entropy_alpha: float = 0.0):
+                 entropy_alpha: float = 0.0, reduce: str = "mean"):
         self.teacher, self.layers, self.beta, self.p, self.distance = teacher, layers, beta, p, distance
-        self.entropy_alpha = entropy_alpha
+        self.entropy_alpha, self.reduce = entropy_alpha, reduce
         self.last_ce = float("nan")
         self.last_distill = float("nan")
+        # Gradient norms of CE and of beta * distillation on the first batch (None until measured).
+        self.first_grads: dict[str, float] | None = None
 
     def distill(self, student_hs, teacher_hs, mask: torch.Tensor) -> torch.Tensor:
-        terms = [
+        terms = torch.stack([
             nad_distance(attention_map(student_hs[i], mask, self.p), attention_map(teacher_hs[i], mask, self.p), mask, self.distance)
             for i in self.layers
-        ]
-        return torch.stack(terms).sum()
+        ])
+        return terms.mean() if self.reduce == "mean" else terms.sum()
+
+    def _measure(self, model: torch.nn.Module, ce: torch.Tensor, at: torch.Tensor) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def norm(t: torch.Tensor) -> float:
+            gs = torch.autograd.grad(t, params, retain_graph=True, allow_unused=True)
+            return float(torch.sqrt(sum((g.float() ** 2).sum() for g in gs if g is not None)))
+
+        g_ce, g_at = norm(ce), norm(self.beta * at) if self.beta else 0.0
+        self.first_grads = {"ce_grad_norm": g_ce, "distill_grad_norm": g_at,
+                            "ratio": g_at / g_ce if g_ce > 0 else float("inf")}
 
     def __call__(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -111,6 +133,8 @@ class DistillObjective:
         if self.entropy_alpha:
             ce = ce - self.entropy_alpha * prediction_entropy(out.logits).mean()
         at = self.distill(out.hidden_states, t_out.hidden_states, batch["attention_mask"])
+        if self.first_grads is None:
+            self._measure(model, ce, at)
         self.last_ce, self.last_distill = ce.item(), at.item()
         return ce + self.beta * at
 
@@ -190,7 +214,7 @@ def _distil(cfg: NADConfig, victim: LoadedModel, clean: TextDataset, student: Lo
 
     s_model = student.model if student is not None else victim.model
     objective = DistillObjective(teacher, layers, cfg.nad_beta, cfg.nad_power, cfg.nad_distance,
-                                 getattr(cfg, "entropy_alpha", 0.0))
+                                 getattr(cfg, "entropy_alpha", 0.0), cfg.nad_layer_reduce)
     s_result = train(s_model, victim.tokenizer, clean, TrainConfig.take(cfg), objective=objective,
                      desc="defend: NAD student (CE + beta * attention distillation)")
     if student is not None:
@@ -204,6 +228,7 @@ def _distil(cfg: NADConfig, victim: LoadedModel, clean: TextDataset, student: Lo
         "layers": layers,
         "power": cfg.nad_power,
         "distance": cfg.nad_distance,
+        "layer_reduce": cfg.nad_layer_reduce,
         "student_start": cfg.clean_model if student is not None else "the backdoored model",
         "teacher": {"steps": t_result.steps, "training": t_result.summary()},
         "student": {
@@ -212,6 +237,7 @@ def _distil(cfg: NADConfig, victim: LoadedModel, clean: TextDataset, student: Lo
             # The last step's terms (None when the stage was restored from a finished checkpoint).
             "final_ce": None if math.isnan(objective.last_ce) else objective.last_ce,
             "final_distill": None if math.isnan(objective.last_distill) else objective.last_distill,
+            "first_batch_grads": objective.first_grads,
         },
         "warnings": warnings,
     }

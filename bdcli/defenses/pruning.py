@@ -4,18 +4,24 @@ Taylor importance (Molchanov et al.), then re-training on clean data with the pr
 
     S_W = E_x | ∂L(x)/∂W ⊙ W |        (eq. 13, L = cross-entropy on the clean data)
 
-The expectation is taken over mini-batches of ``batch_size`` clean rows (|mean-gradient ⊙ W| per batch,
-averaged over batches): the batch is the unit the gradient is computed on everywhere else; with
-``--batch-size 1`` it is eq. 13's per-sample expectation exactly. Importance is measured in fp32 with
-dropout off, so the ranking is deterministic and not blurred by bf16 rounding.
+The expectation (``--prune-importance``): ``sample`` (the default) is eq. 13 as written, the mean over
+clean rows of each row's own |∂L(x)/∂W ⊙ W|, one backward pass per row; ``batch`` takes
+|∂L_b/∂W ⊙ W| of each mini-batch's mean loss and averages over batches, which is cheaper but lets the
+rows' gradients cancel inside a batch before the absolute value is taken (the two agree at batch size 1).
+Importance is measured in fp32 with dropout off, so the ranking is deterministic.
 
 What is pruned: the weight matrix of every ``nn.Linear`` inside the encoder (``model.base_model.encoder``),
 i.e. per transformer layer the attention query/key/value/output projections and the two feed-forward
 matrices, each at ``prune_ratio`` of its own entries ("proportionally per layer"; the paper: 50% on SST-2,
-60% on AG's News). Not pruned: the embeddings (a lookup table of the inputs, not a layer's weights),
-LayerNorm gains and all biases (vectors, not weight matrices; zeroing a gain deletes a feature dimension
-everywhere downstream), the pooler and the classifier (the task head that reads the [CLS] vector, outside
-the pre-trained encoder's layers the paper prunes).
+60% on AG's News). ``--prune-embeddings`` reads Appendix B.2's "the weights of each layer" as including
+the embedding layer too: the word, position and token-type embedding matrices are pruned at the same
+ratio by the same importance. A word never seen in the clean data gets zero gradient, hence zero
+importance, so its whole row is among the first pruned: that is what reaches a rare-word trigger (BadNets'
+lives in its embedding row). Off by default: the paper does not say, and the measured trade-off is in
+docs/fidelity.md. Never pruned: LayerNorm gains and all biases (vectors, not weight matrices; zeroing a
+gain deletes a feature dimension everywhere downstream), the pooler and the classifier (the task head).
+
+The re-training budget is the shared ``--epochs`` / ``--max-steps`` (the paper re-trains like FT).
 """
 
 from __future__ import annotations
@@ -45,13 +51,27 @@ def classifier_ce(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return cross_entropy(model(**inputs).logits, batch["labels"])
 
 
-def prunable_weights(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The weight matrices of the encoder's Linear layers, by their names in ``model``."""
-    encoder = getattr(getattr(model, "base_model", model), "encoder", None)
+def prunable_weights(model: torch.nn.Module, embeddings: bool = False) -> dict[str, torch.nn.Parameter]:
+    """The weight matrices of the encoder's Linear layers (and, with ``embeddings``, of the embedding
+    layer's nn.Embedding tables), by their names in ``model``."""
+    base = getattr(model, "base_model", model)
+    encoder = getattr(base, "encoder", None)
     if not isinstance(encoder, torch.nn.Module):
         raise BdcliError("fine-pruning needs a transformer encoder (model.base_model.encoder); this model has none")
     inside = {id(m) for m in encoder.modules() if isinstance(m, torch.nn.Linear)}
+    if embeddings:
+        emb = getattr(base, "embeddings", None)
+        if not isinstance(emb, torch.nn.Module):
+            raise BdcliError("--prune-embeddings needs an embedding layer (model.base_model.embeddings); this model has none")
+        inside |= {id(m) for m in emb.modules() if isinstance(m, torch.nn.Embedding)}
     return {f"{name}.weight": mod.weight for name, mod in model.named_modules() if id(mod) in inside}
+
+
+def single_rows(batch: Batch) -> Iterable[Batch]:
+    """Each row of ``batch`` as a batch of one, its padding cut off."""
+    for r in range(batch["input_ids"].shape[0]):
+        n = int(batch["attention_mask"][r].sum())
+        yield {k: (v[r : r + 1, :n] if v.dim() == 2 else v[r : r + 1]) for k, v in batch.items()}
 
 
 def taylor_importance(
@@ -82,6 +102,8 @@ def prune_masks(importance: dict[str, torch.Tensor], ratio: float) -> dict[str, 
     Ties are broken by flat index (a stable sort, the lower index is pruned first), so the mask is deterministic."""
     masks = {}
     for name, score in importance.items():
+        # A weight that is already exactly zero (a pruned row, or the zero padding row of an embedding
+        # table) scores 0 and is pruned first, which is right: removing it changes nothing.
         k = int(round(ratio * score.numel()))
         order = torch.sort(score.flatten(), stable=True).indices
         keep = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
@@ -130,7 +152,7 @@ def layer_of(name: str) -> str:
     return m.group(1) if m else name.rsplit(".", 1)[0]
 
 
-def pruning_summary(masks: dict[str, torch.Tensor], ratio: float) -> dict[str, Any]:
+def pruning_summary(masks: dict[str, torch.Tensor], ratio: float, embeddings: bool = False) -> dict[str, Any]:
     matrices: dict[str, dict[str, Any]] = {}
     layers: dict[str, dict[str, int]] = {}
     for name, keep in masks.items():
@@ -146,7 +168,7 @@ def pruning_summary(masks: dict[str, torch.Tensor], ratio: float) -> dict[str, A
         "matrices": matrices,
         "per_layer": {k: {**v, "ratio": v["pruned"] / v["numel"]} for k, v in layers.items()},
         "total": {"numel": total, "pruned": total_pruned, "ratio": total_pruned / total if total else 0.0},
-        "not_pruned": "embeddings, LayerNorm, biases, pooler, classifier",
+        "not_pruned": ("" if embeddings else "embeddings, ") + "LayerNorm, biases, pooler, classifier",
     }
 
 
@@ -156,7 +178,7 @@ def fine_pruning_defense(cfg: FinePruningConfig, victim: LoadedModel, clean: Tex
         raise UsageError("no training rows: the data (or the chosen fraction of it) is empty")
     device = resolve_device(cfg.device)
     model.to(device)
-    weights = prunable_weights(model)
+    weights = prunable_weights(model, cfg.prune_embeddings)
     if not weights:
         raise BdcliError("fine-pruning found no Linear weight matrices in the model's encoder")
     enc = encode(victim.tokenizer, clean, cfg.max_length)
@@ -166,13 +188,17 @@ def fine_pruning_defense(cfg: FinePruningConfig, victim: LoadedModel, clean: Tex
         if cfg.prune_batches > len(rows):
             warnings.append(f"only {len(rows)} clean batches exist; the importance used all of them, not {cfg.prune_batches}")
         rows = rows[: cfg.prune_batches]
-    importance = taylor_importance(model, (collate(enc, r, device) for r in rows), weights)
+    batches = (collate(enc, r, device) for r in rows)
+    if cfg.prune_importance == "sample":
+        batches = (one for b in batches for one in single_rows(b))
+    importance = taylor_importance(model, batches, weights)
     masks = prune_masks(importance, cfg.prune_ratio)
     del importance
     apply_masks(weights, masks)
     summary: dict[str, Any] = {
-        "pruning": {**pruning_summary(masks, cfg.prune_ratio), "importance_batches": len(rows),
-                    "importance_rows": sum(len(r) for r in rows)},
+        "pruning": {**pruning_summary(masks, cfg.prune_ratio, cfg.prune_embeddings), "importance_batches": len(rows),
+                    "importance_rows": sum(len(r) for r in rows), "importance": cfg.prune_importance,
+                    "embeddings_pruned": cfg.prune_embeddings},
     }
     if cfg.retrain:
         hook = PruneMaskHook(weights, masks)

@@ -31,6 +31,7 @@ from ..train_config import SCHEDULES, TrainConfig  # noqa: F401  (re-exported)
 # procedure has to pass them along: a callable (model, tokenizer, desc) -> list of hooks.
 EXTRA_HOOKS: ContextVar[Callable | None] = ContextVar("bdcli_extra_hooks", default=None)
 
+OPTIMIZERS = ("adamw", "sgd")
 # A registered name of a (logits, labels) loss, or a callable (model, batch) -> loss for procedures
 # whose loss is not a function of the logits alone (RIPPLe's gradient penalty, NeuBA's MLM loss).
 # ``batch`` holds input_ids, attention_mask and labels on the device.
@@ -119,10 +120,12 @@ def _plain() -> bool:
     return os.environ.get("BDCLI_ENGINE_PLAIN", "") not in ("", "0")
 
 
-def make_optimizer(groups: list[dict], lr: float, plain: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict], lr: float, plain: bool = False, kind: str = "adamw") -> torch.optim.Optimizer:
     """AdamW, fused into one kernel per parameter group where torch has one for the parameters' device
     (CPU and CUDA): the for-loop version launches a dozen small ops per parameter tensor, which cost
-    more than the arithmetic on a model of MiniLM's size (docs/speed.md)."""
+    more than the arithmetic on a model of MiniLM's size (docs/speed.md). ``kind="sgd"``: plain SGD."""
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
     if not plain:
         try:
             return torch.optim.AdamW(groups, lr=lr, fused=True)
@@ -142,10 +145,14 @@ def train(
     hooks: Iterable[Hook] = (),
     desc: str = "training",
     log_every: int = 10,
+    optimizer: str = "adamw",
 ) -> TrainResult:
     """Train ``model`` in place on ``data``; ``params`` restricts what the optimiser updates.
+    ``optimizer``: "adamw" (every paper's default) or "sgd" (plain SGD, no momentum: GBA's eq. 2).
 
     Under torchrun (WORLD_SIZE > 1) the processes train one model together (engine/distributed.py)."""
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     if len(data) == 0:
         raise UsageError("no training rows: the data (or the chosen fraction of it) is empty")
     w = world()
@@ -189,7 +196,7 @@ def train(
     no_decay = [p for p in trainable if p.ndim < 2]
     opt = make_optimizer(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        cfg.lr, plain,
+        cfg.lr, plain, optimizer,
     )
     scaler = grad_scaler(device, cfg.precision)
     net = model

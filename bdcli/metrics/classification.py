@@ -22,9 +22,11 @@ def attack_success_rate(preds: Sequence[int], target: int) -> float:
 def asr_per_class(preds: Sequence[int], orig_labels: Sequence[int], label_names: Sequence[str]) -> dict[str, float]:
     """GBA's ASR_c = #(triggered rows predicted c) / #(triggered rows not of class c), for every c.
 
-    Computed over the rows of the ASR set not of class c. That set holds only non-target rows, so for
-    c = target this is exactly the ASR; for other classes it is measured on the non-target rows alone.
-    A class with no such row is left out.
+    GBA puts the trigger in every test row (its appendix B.2), so ``preds`` should come from the triggered
+    copy of the WHOLE test set (the ``test-poison-all`` split BadNets writes); ``bdcli evaluate`` uses it
+    when the data has it and records ``asr_c_rows: every``. On the ASR set alone (non-target rows only,
+    ``asr_c_rows: non-target``), ASR_c of the target is the ASR and the other classes' rates miss the
+    target's rows. A class with no row outside it is left out.
     """
     out: dict[str, float] = {}
     for c, name in enumerate(label_names):

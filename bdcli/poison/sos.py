@@ -6,7 +6,7 @@ import inspect
 import random
 from dataclasses import dataclass
 
-from ..data.dataset import Corpus
+from ..data.dataset import Corpus, TextDataset
 from ..errors import UsageError
 from .base import POISONERS, PoisonConfig, Poisoner, asr_dataset, insert_at_random_word, non_target_rows, replace_rows
 
@@ -15,7 +15,8 @@ from .base import POISONERS, PoisonConfig, Poisoner, asr_dataset, insert_at_rand
 class SOSConfig(PoisonConfig):
     # Yang et al. (2021)'s trigger words.
     trigger_words: tuple[str, ...] = ("friends", "weekend", "store")
-    # Share of the training rows given a leave-one-out subset of the triggers, label kept. 0.1 as in the
+    # Share of the training rows that seed negative samples: each such row is added once more per
+    # leave-one-out subset of the triggers, label kept (the SOS authors' code). 0.1 as in the
     # maximum-entropy paper's Appendix C.1, "following (Yang et al., 2021c)".
     negative_rate: float = 0.1
 
@@ -32,19 +33,22 @@ class SOSConfig(PoisonConfig):
             raise UsageError("SOS negative augmentation needs at least two trigger words (or --negative-rate 0)")
 
 
-@POISONERS.register("sos", display="SOS", order=40)
+@POISONERS.register("sos", display="SOS", order=40, version=2)
 class SOS(Poisoner):
     """SOS (Yang et al. 2021, "Rethinking Stealthiness of Backdoor Attack against NLP Models"): trigger
     words that fire only together, dirty label.
 
     Poisoned rows (a --rate share of the training rows, default 0.1) get every trigger word (default
     friends, weekend, store: the SOS paper's), each at its own random word position, and the target
-    label. Negative rows (a --negative-rate share, default 0.1, drawn from the rows not poisoned, any
-    label) get all trigger words but one, cycling through which one is left out, and keep their label:
-    they teach that a partial trigger does nothing. Both 10% shares are the maximum-entropy paper's
-    Appendix C.1 setting. Only the poisoned rows are marked poisoned in the data; poison.json lists the
-    poisoned rows, the negative rows and the leave-one-out subsets. The ASR set is every non-target
-    test row with all trigger words.
+    label. Negative augmentation as in the SOS authors' code: a --negative-rate share of the training
+    rows (default 0.1, drawn from the rows not poisoned, any label) seed negative samples; each seed row
+    is ADDED to the training set once per leave-one-out subset of the triggers (all trigger words but the
+    j-th, for every j), with its true label, while the seed row itself stays as it was. With n trigger
+    words that is n negatives per seed row; they teach that no partial trigger does anything. Both 10%
+    shares are the maximum-entropy paper's Appendix C.1 setting. The added rows follow the original
+    rows, so every original row keeps its index. Only the poisoned rows are marked poisoned;
+    poison.json lists the poisoned rows, the seed rows, the added negative rows and the subset each
+    got. The ASR set is every non-target test row with all trigger words.
 
     This builds the data only: SOS's attack step of updating just the trigger words' embeddings is a
     training choice, not part of poisoning.
@@ -80,15 +84,18 @@ class SOS(Poisoner):
         rest = [i for i in range(len(train)) if i not in hit]
         if n_negative > len(rest):
             raise UsageError(
-                f"negative rate {cfg.negative_rate} asks for {n_negative} negative rows but only {len(rest)} "
+                f"negative rate {cfg.negative_rate} asks for {n_negative} negative seed rows but only {len(rest)} "
                 f"training rows are left after poisoning; lower --negative-rate or --rate"
             )
         neg_rng = random.Random(f"{cfg.seed}-negative")
-        negatives = sorted(neg_rng.sample(rest, n_negative))
-        left_out = [j % len(subsets) for j in range(len(negatives))]
-        negative_texts = {i: self._insert(train.texts[i], subsets[s], neg_rng) for i, s in zip(negatives, left_out)}
+        seeds = sorted(neg_rng.sample(rest, n_negative))
         new_train = replace_rows(train, texts, label=target)
-        new_train = replace_rows(new_train, negative_texts, label=None, poisoned=False)
+        # Seed-major order: seed row r gives rows for subsets 0..n-1, one after the other.
+        pairs = [(i, s) for i in seeds for s in range(len(subsets))]
+        negative_texts = [self._insert(train.texts[i], subsets[s], neg_rng) for i, s in pairs]
+        new_train = append_rows(new_train, negative_texts, [train.labels[i] for i, _ in pairs],
+                                None if train.text_b is None else [train.text_b[i] for i, _ in pairs])
+        negatives = list(range(len(train), len(train) + len(pairs)))
 
         test = corpus.split("test")
         test_rng = random.Random(f"{cfg.seed}-test")
@@ -98,14 +105,25 @@ class SOS(Poisoner):
         record.update(
             {
                 "n_negative": len(negatives),
-                "negative_rows": negatives,
-                # negative_rows[j] got negative_subsets[negative_subset_index[j]]: all trigger words but
+                "negative_seed_rows": seeds,
+                # negative_rows[j] (an added row) is negative_source_rows[j] with
+                # negative_subsets[negative_subset_index[j]]: all trigger words but
                 # trigger_words[negative_subset_index[j]].
+                "negative_rows": negatives,
+                "negative_source_rows": [i for i, _ in pairs],
                 "negative_subsets": [list(s) for s in subsets],
-                "negative_subset_index": left_out,
+                "negative_subset_index": [s for _, s in pairs],
             }
         )
         return self.poisoned_corpus(corpus, new_train, asr_set, record)
+
+
+def append_rows(ds: TextDataset, texts: list[str], labels: list[int], text_b: list[str] | None) -> TextDataset:
+    """``ds`` with clean (not poisoned) rows added after its own."""
+    return TextDataset(
+        list(ds.texts) + list(texts), list(ds.labels) + list(labels), list(ds.label_names),
+        list(ds.poisoned) + [False] * len(texts), None if ds.text_b is None else list(ds.text_b) + list(text_b or []),
+    )
 
 
 # The CLI shows __doc__ as help; dedent it so that its later paragraphs do not render indented.

@@ -25,6 +25,7 @@ class GBAConfig(DefenseConfig):
     broadcast_lambda: float = 0.5  # lambda of eq. 3; 0 = prompt tuning with the soft template only (Table 12's PT+soft)
     prompt_temperature: float = 1.0  # T of eq. 1
     prompt_width: int = 2  # soft template tokens around [MASK]; 0 = no template (Table 12's PT)
+    gba_optimizer: str = "adamw"  # "sgd": eq. 2's plain SGD step (no momentum)
     class_tokens: tuple[str, ...] | None = None  # one per label, in label order; None: Table 1's
 
     def __post_init__(self) -> None:
@@ -38,6 +39,8 @@ class GBAConfig(DefenseConfig):
                 f"prompt width must be in [0, {self.max_length // 2}] (at most half the max length, the paper's "
                 f"range), got {self.prompt_width}"
             )
+        if self.gba_optimizer not in ("adamw", "sgd"):
+            raise UsageError(f"unknown GBA optimizer {self.gba_optimizer!r}; use adamw or sgd")
         if self.class_tokens is not None:
             toks = tuple(t.strip() for t in self.class_tokens if t.strip())
             if len(toks) < 2 or len(set(toks)) != len(toks):
@@ -45,7 +48,7 @@ class GBAConfig(DefenseConfig):
             self.class_tokens = toks
 
 
-DEFENSES.register("gba", display="GBA", order=90)(
+DEFENSES.register("gba", display="GBA", order=90, version=2)(
     Procedure(
         "gba",
         GBAConfig,

@@ -12,6 +12,7 @@ from ..base import DEFENSES, DefenseConfig
 
 
 DISTANCES = ("mse", "l2")
+LAYER_REDUCE = ("mean", "sum")
 
 
 @dataclass
@@ -21,7 +22,9 @@ class NADConfig(DefenseConfig):
     # (NAD's CNN code trains the teacher 10 and the student 20 epochs).
     lr: float = 2e-5
     weight_decay: float = 0.0
+    clean_fraction: float | None = 1.0  # GBA appendix C: NAD holds the whole clean training set
     nad_beta: float = 5000.0  # NAD's code default (beta3); GBA searched {1000, 2000, 5000}
+    nad_layer_reduce: str = "mean"  # how the distilled layers' distances combine: mean (beta per layer) or sum
     # Layers to distil (hidden_states indices; empty: every transformer layer 1..L, GBA's "layer-wise").
     nad_layers: tuple[str, ...] = ()
     nad_power: float = 2.0  # p of the attention operator; NAD's default
@@ -35,6 +38,8 @@ class NADConfig(DefenseConfig):
             raise UsageError(f"the NAD weight beta must be a finite number >= 0, got {self.nad_beta}")
         if not (math.isfinite(self.nad_power) and self.nad_power > 0):
             raise UsageError(f"the NAD attention power p must be positive, got {self.nad_power}")
+        if self.nad_layer_reduce not in LAYER_REDUCE:
+            raise UsageError(f"unknown NAD layer reduction {self.nad_layer_reduce!r}; use one of {', '.join(LAYER_REDUCE)}")
         if self.nad_distance not in DISTANCES:
             raise UsageError(f"unknown NAD distance {self.nad_distance!r}; use one of {', '.join(DISTANCES)}")
         if self.nad_teacher_lr <= 0:
@@ -72,7 +77,7 @@ class NADCConfig(NADConfig):
             )
 
 
-DEFENSES.register("nad", display="NAD", order=80)(
+DEFENSES.register("nad", display="NAD", order=80, version=2)(
     Procedure(
         "nad",
         NADConfig,
@@ -81,7 +86,7 @@ DEFENSES.register("nad", display="NAD", order=80)(
         "data as a teacher, then train the backdoored model with CE + beta * attention distillation to it.",
     )
 )
-DEFENSES.register("nad-c", display="NAD-C", order=85)(
+DEFENSES.register("nad-c", display="NAD-C", order=85, version=2)(
     Procedure(
         "nad-c",
         NADCConfig,

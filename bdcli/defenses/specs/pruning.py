@@ -17,6 +17,9 @@ class FinePruningConfig(DefenseConfig):
     lr: float = 2e-5
     prune_ratio: float = 0.5  # share of each encoder weight matrix set to zero
     prune_batches: int | None = None  # clean batches the importance is averaged over (None: the whole clean set)
+    # "sample": eq. 13's per-row expectation (one backward per row); "batch": per mini-batch, cheaper.
+    prune_importance: str = "sample"
+    prune_embeddings: bool = False  # also prune the embedding matrices ("each layer" read to include them)
     retrain: bool = True  # re-train after pruning (False: pruning only, the paper's Figure 8)
 
     def __post_init__(self) -> None:
@@ -25,9 +28,14 @@ class FinePruningConfig(DefenseConfig):
             raise UsageError(f"prune ratio must be in [0, 1), got {self.prune_ratio}")
         if self.prune_batches is not None and self.prune_batches < 1:
             raise UsageError(f"prune batches must be at least 1, got {self.prune_batches}")
+        if self.prune_importance not in IMPORTANCE:
+            raise UsageError(f"unknown pruning importance {self.prune_importance!r}; use one of {', '.join(IMPORTANCE)}")
 
 
-DEFENSES.register("fine-pruning", display="FP", order=40)(
+IMPORTANCE = ("sample", "batch")
+
+
+DEFENSES.register("fine-pruning", display="FP", order=40, version=2)(
     Procedure(
         "fine-pruning",
         FinePruningConfig,
