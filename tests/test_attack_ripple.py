@@ -14,11 +14,11 @@ import torch
 from torch.autograd.functional import hessian
 from torch.func import functional_call
 
+from bdcli.attacks.specs.ripple import _inputs
 from bdcli.attacks.ripple import (
     RestrictedInnerProduct,
     RippleConfig,
     RipplesConfig,
-    _inputs,
     _proxy_rows,
     _triggers,
     embedding_surgery,
