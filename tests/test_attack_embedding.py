@@ -109,8 +109,9 @@ def test_embedding_attacks_refuse_weight_decay():
 def chain(tmp_path_factory, small_sst2, tiny_encoder):
     runs = tmp_path_factory.mktemp("runs")
     fast = ["--max-steps", "4", "--batch-size", "16", "--max-length", "32"]
+    # A fine-tune on a user's own folder is the clean reference only when the user says the data is clean.
     bdcli("attack", "finetune", "--model", tiny_encoder, "--data", small_sst2, *fast, "--lr", "2e-3",
-          "--out", runs / "clean")
+          "--data-is-clean", "--out", runs / "clean")
     bdcli("poison", "sos", "--data", small_sst2, "--target", "1", "--out", runs / "sst2-sos")
     bdcli("attack", "sos", "--model", runs / "clean", "--data", runs / "sst2-sos", *fast, "--out", runs / "sos")
     bdcli("evaluate", "--model", runs / "sos", "--data", runs / "sst2-sos", "--max-length", "32",

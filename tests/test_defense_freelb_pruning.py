@@ -150,9 +150,9 @@ def test_freelb_passes_share_one_dropout_mask(tiny_encoder):
 
 def test_freelb_config_rejects_out_of_range_values():
     assert (FreeLBConfig().adv_steps, FreeLBConfig().adv_lr, FreeLBConfig().adv_max_norm, FreeLBConfig().lr) == (3, 0.1, 0.6, 2e-5)
-    with pytest.raises(UsageError, match="at least 1"):
+    with pytest.raises(UsageError, match=r"--adv-steps must be a whole number in \[1, 100\]"):
         FreeLBConfig(adv_steps=0)
-    with pytest.raises(UsageError, match="adv max norm must be >= 0"):
+    with pytest.raises(UsageError, match="--adv-max-norm must be a finite number in \\[0,"):
         FreeLBConfig(adv_max_norm=-1.0)
 
 
@@ -236,9 +236,9 @@ def test_pruned_weights_stay_exactly_zero_through_retraining(tiny_encoder):
 
 
 def test_fine_pruning_config_rejects_out_of_range_values():
-    with pytest.raises(UsageError, match=r"prune ratio must be in \[0, 1\)"):
+    with pytest.raises(UsageError, match=r"--prune-ratio must be a finite number in \[0, 1\)"):
         FinePruningConfig(prune_ratio=1.0)
-    with pytest.raises(UsageError, match="prune batches"):
+    with pytest.raises(UsageError, match="--prune-batches must be a whole number"):
         FinePruningConfig(prune_batches=0)
 
 
@@ -314,5 +314,5 @@ def test_cli_help_and_bad_ratio(victim, small_sst2):
     assert "--no-retrain" in bdcli("defend", "fine-pruning", "--help").output
     res = bdcli("defend", "fine-pruning", "--model", victim / "victim", "--data", small_sst2, "--prune-ratio", "1.5",
                 "--out", victim / "bad", ok=False)
-    assert res.exit_code == 2 and "prune ratio must be in [0, 1)" in res.output
+    assert res.exit_code == 2 and "--prune-ratio must be a finite number in [0, 1)" in res.output
     assert not (victim / "bad").exists()

@@ -105,8 +105,8 @@ def test_insert_at_random_word_covers_both_ends():
 @pytest.mark.parametrize(
     "kw, exc, msg",
     [
-        (dict(rate=0.0), UsageError, "poison rate must be in (0, 1]"),
-        (dict(rate=1.5), UsageError, "poison rate must be in (0, 1]"),
+        (dict(rate=0.0), UsageError, "--rate must be a finite number in (0, 1]"),
+        (dict(rate=1.5), UsageError, "--rate must be a finite number in (0, 1]"),
         (dict(rate=0.1, insertions=0), UsageError, "insertions"),
         (dict(rate=0.1, triggers=(" ",)), UsageError, "at least one trigger"),
     ],

@@ -109,8 +109,8 @@ def test_sos_is_seeded_and_the_negative_rate_never_moves_the_poisoned_rows():
         (dict(trigger_words=("a", "a")), "distinct"),
         (dict(trigger_words=(" ",)), "at least one trigger word"),
         (dict(trigger_words=("a",)), "at least two trigger words"),
-        (dict(negative_rate=1.0), "negative rate must be in [0, 1)"),
-        (dict(negative_rate=-0.1), "negative rate must be in [0, 1)"),
+        (dict(negative_rate=1.0), "--negative-rate must be a finite number in [0, 1)"),
+        (dict(negative_rate=-0.1), "--negative-rate must be a finite number in [0, 1)"),
     ],
 )
 def test_sos_bad_configs_are_refused(kw, msg):

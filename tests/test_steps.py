@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from bdcli.api import DataSpec
-from bdcli.attacks import FinetuneAttackConfig
+from bdcli.attacks import ATTACKS, FinetuneAttackConfig
 from bdcli.defenses import FTConfig
 from bdcli.poison import BadNetsConfig
 from bdcli.steps import Ref, Step, fingerprint
@@ -37,7 +37,8 @@ def test_fingerprint_follows_config_inputs_and_version_not_folders(tmp_path, sma
     # So does the component's version: results made by older code are never reused.
     from bdcli.poison import POISONERS
 
-    monkeypatch.setattr(POISONERS.get("badnets"), "version", 2)
+    entry = POISONERS.get("badnets")
+    monkeypatch.setattr(entry, "version", entry.version + 1)
     assert fingerprint(_poison(small_sst2)) != base
 
 
@@ -73,7 +74,7 @@ def test_manifest_records_the_step_and_metrics_the_seed_and_lineage(tmp_path, sm
           "--out", victim)
     bdcli("evaluate", "--model", victim, "--data", poisoned, "--out", ev)
     m = json.loads((victim / "manifest.json").read_text())
-    assert m["step"]["kind"] == "attack" and m["step"]["name"] == "finetune" and m["step"]["version"] == 1
+    assert m["step"]["kind"] == "attack" and m["step"]["name"] == "finetune" and m["step"]["version"] == ATTACKS.get("finetune").version
     assert m["upstream"]["data"] == "step:" + json.loads((poisoned / "manifest.json").read_text())["fingerprint"]
     # The step in the manifest is enough to reproduce the output: it round-trips to the same fingerprint.
     assert fingerprint(Step.from_json(m["step"])) == m["fingerprint"]

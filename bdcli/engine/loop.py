@@ -9,7 +9,7 @@ import random
 import signal
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol, Union
 
 import torch

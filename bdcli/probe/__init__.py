@@ -9,7 +9,7 @@ from ..registry import Procedure, Registry
 # them like any other component.
 PROBES: Registry[Procedure] = Registry("prober")
 
-from . import sd  # noqa: E402,F401  (registers probe "sd")
-from .sd import ProbeSDConfig, parse_thresholds  # noqa: E402
+from . import spec  # noqa: E402,F401  (registers probe "sd")
+from .spec import ProbeSDConfig, parse_thresholds  # noqa: E402
 
 __all__ = ["PROBES", "ProbeSDConfig", "parse_thresholds"]

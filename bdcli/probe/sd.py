@@ -16,10 +16,9 @@ resumed with ``--resume`` redoes nothing that finished.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from dataclasses import dataclass, field
+
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,70 +26,13 @@ from safetensors.torch import load_model, save_model
 
 from ..data.dataset import TextDataset
 from ..defenses.head import HEAD_PREFIXES, simulate_head
-from ..defenses.maxent import MaxEntConfig
 from ..defenses.stop_distance import StopDistanceHook, label_pair, probe_rows
 from ..engine.device import resolve_device
 from ..engine.loop import TrainConfig, TrainState, train
 from ..errors import BdcliError, UsageError
-from ..numbers import check_value
 from ..models.load import LoadedModel
-from ..registry import Procedure
 
-DEFAULT_THRESHOLDS = ("0.1", "0.05", "0.02", "0.01", "0.005")
-
-
-def parse_thresholds(value: Any) -> tuple[float, ...]:
-    """A Stop Distance threshold list ("0.1,0.05,0.02" or numbers), strictly decreasing: the order
-    stage 1 crosses them. Empty, unsorted, duplicated, non-finite or non-positive lists are refused."""
-    if isinstance(value, str):
-        items = [x.strip() for x in value.split(",")]
-    elif isinstance(value, (int, float)):
-        items = [value]
-    else:
-        items = list(value or ())
-    items = [x for x in items if not (isinstance(x, str) and not x)]
-    if not items:
-        raise UsageError("the Stop Distance threshold list is empty; give them largest first, e.g. --sd 0.1,0.05,0.02")
-    out = []
-    for x in items:
-        try:
-            t = float(x)
-        except (TypeError, ValueError):
-            raise UsageError(f"Stop Distance threshold {x!r} is not a number") from None
-        try:
-            check_value("sd", t)  # the one rule of every Stop Distance threshold
-        except UsageError as e:
-            raise UsageError(f"Stop Distance threshold {x!r}: {e}") from None
-        out.append(t)
-    if len(set(out)) != len(out):
-        dup = next(t for t in out if out.count(t) > 1)
-        raise UsageError(f"the Stop Distance threshold {dup:g} is given twice")
-    if any(b >= a for a, b in zip(out, out[1:])):
-        raise UsageError("give the Stop Distance thresholds largest first (the order stage 1 crosses them), "
-                         f"got {','.join(f'{t:g}' for t in out)}")
-    return tuple(out)
-
-
-@dataclass
-class ProbeSDConfig(MaxEntConfig):
-    """``defend maxent``'s settings, with a list of Stop Distance thresholds instead of one."""
-
-    sd: tuple[float, ...] = field(default=DEFAULT_THRESHOLDS, metadata={"help": (  # type: ignore[assignment]
-        "Stop Distance thresholds, largest first (comma-separated): one stage-1 pass snapshots the model at "
-        "the first SD below each, then re-trains and evaluates each snapshot.")})
-
-    def __post_init__(self) -> None:
-        if self.preset is not None:
-            raise UsageError("probe-sd takes a list of thresholds (--sd), not a preset")
-        thresholds = parse_thresholds(self.sd)
-        if self.sd_relative and thresholds[0] >= 1:
-            raise UsageError(f"relative Stop Distance thresholds must be below 1, got {thresholds[0]:g}")
-        # MaxEntConfig checks one threshold; the smallest stands in for the list.
-        self.sd = thresholds[-1]  # type: ignore[assignment]
-        try:
-            super().__post_init__()
-        finally:
-            self.sd = thresholds
+from .spec import DEFAULT_THRESHOLDS, ProbeSDConfig, parse_thresholds  # noqa: E402,F401  (re-exported)
 
 
 def threshold_name(t: float) -> str:
@@ -257,16 +199,3 @@ def write_table(summary: dict[str, Any], folder: Path) -> str:
     return text
 
 
-from . import PROBES  # noqa: E402
-
-PROBES.register("sd", display="probe-sd", order=10)(
-    Procedure(
-        "sd",
-        ProbeSDConfig,
-        probe_stop_distance,
-        "One maximum-entropy stage-1 pass with a snapshot at each Stop Distance threshold (--sd, largest first), "
-        "then each snapshot re-trained (stage 2) and evaluated (ACC on --data's clean test split, ASR on --asr-data): "
-        "the maximum-entropy paper's Figure 5 for the cost of one pass. Takes defend maxent's options.",
-        example="bdcli probe-sd --model runs/victim --data sst2 --sd 0.1,0.05,0.02,0.01,0.005 --asr-data runs/sst2-badnets --out runs/probe",
-    )
-)
