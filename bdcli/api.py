@@ -64,6 +64,22 @@ def _require_labels(ds, what: str, need_all: bool = True) -> None:
         raise UsageError(f"{what} has no rows of label {', '.join(map(str, empty))} ({len(ds)} rows in all)")
 
 
+def _defender_view(cfg: Any, model: str) -> tuple[Path, dict, Any]:
+    """The suspect model's folder, its provenance, and ``cfg`` with the scenario resolved (the option,
+    else the one the victim was made for, else outsourcing) and that scenario's clean share filled in
+    where none was given: what every procedure that defends a model starts from."""
+    from .defenses import SCENARIO_CLEAN_FRACTION
+
+    model_path = _model_input(model)
+    victim_prov = provenance_of(model_path)
+    scenario = cfg.scenario or victim_prov.get("scenario") or "outsourcing"
+    cfg = dataclasses.replace(
+        cfg, scenario=scenario,
+        clean_fraction=cfg.clean_fraction if cfg.clean_fraction is not None else SCENARIO_CLEAN_FRACTION[scenario],
+    )
+    return model_path, victim_prov, cfg
+
+
 def _external_data(data: "DataSpec") -> bool:
     """Data bdcli did not make or name: a user's own file or folder."""
     from .data import DATASETS
@@ -176,7 +192,7 @@ def defend(
     lock_wait_s: float = 0,
 ) -> StepResult:
     """Purify ``model`` with clean data; the defender's share is ``cfg.clean_fraction`` of the train split."""
-    from .defenses import DEFENSES, SCENARIO_CLEAN_FRACTION
+    from .defenses import DEFENSES
     from .models import load_classifier, save_classifier
 
     from .honoured import check_honoured
@@ -185,13 +201,8 @@ def defend(
     check_honoured("defense", name, cfg)
     # The step is the config as given: what it resolves to is a function of the inputs, which are hashed.
     step = Step("defend", name, cfg, {"model": model, "data": data})
-    model_path = _model_input(model)
-    victim_prov = provenance_of(model_path)
-    scenario = cfg.scenario or victim_prov.get("scenario") or "outsourcing"
-    cfg = dataclasses.replace(
-        cfg, scenario=scenario,
-        clean_fraction=cfg.clean_fraction if cfg.clean_fraction is not None else SCENARIO_CLEAN_FRACTION[scenario],
-    )
+    model_path, victim_prov, cfg = _defender_view(cfg, model)
+    scenario = cfg.scenario
     corpus = data.load()
     if corpus.poison is not None:
         raise UsageError(

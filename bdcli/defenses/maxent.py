@@ -20,6 +20,30 @@ from .specs.maxent import PRESETS, MaxEntConfig, PullConfig  # noqa: F401  (re-e
 from .head import HEAD_PREFIXES, simulate_head
 from .stop_distance import StopDistanceHook, label_pair, probe_rows
 
+def stage1_setup(cfg: Any, victim: LoadedModel, clean: TextDataset, threshold: float):
+    """What stage 1 starts from, for ``defend maxent`` and ``probe-sd`` alike: the model on its device,
+    the transfer scenario's simulated head (in the summary), the SD label pair, and the Stop Distance
+    hook at ``threshold``. Returns (device, summary, pair, hook)."""
+    if clean.num_labels < 2:
+        raise UsageError("the Stop Distance needs at least two labels")
+    model = victim.model
+    device = resolve_device(cfg.device)
+    model.to(device)
+    summary: dict[str, Any] = {}
+    if cfg.scenario == "transfer":
+        summary["simulated_head"] = simulate_head(
+            model, victim.tokenizer, clean, lr=cfg.head_lr, epochs=cfg.head_epochs, batch_size=cfg.batch_size,
+            seed=cfg.seed, max_length=cfg.max_length, device=cfg.device, precision=cfg.precision,
+        )
+    pair = label_pair(clean.num_labels, cfg.sd_pair, cfg.seed)
+    hook = StopDistanceHook(
+        victim.tokenizer, probe_rows(clean, cfg.sd_samples, cfg.seed), pair=pair, rep=cfg.sd_on,
+        every=cfg.sd_every, threshold=threshold, max_length=cfg.max_length, precision=cfg.precision,
+        min_steps=cfg.maxent_min_steps,
+    )
+    return device, summary, pair, hook
+
+
 def pull_then_retrain(
     cfg: PullConfig,
     victim: LoadedModel,
@@ -32,22 +56,7 @@ def pull_then_retrain(
     """Stage 1 with ``objective`` until SD < threshold (or the step budget), then CE re-training.
     ``after_stage1`` runs between the stages (to detach modules stage 1 alone trained)."""
     model = victim.model
-    if clean.num_labels < 2:
-        raise UsageError("the Stop Distance needs at least two labels")
-    device = resolve_device(cfg.device)
-    model.to(device)
-    summary: dict[str, Any] = {}
-    if cfg.scenario == "transfer":
-        summary["simulated_head"] = simulate_head(
-            model, victim.tokenizer, clean, lr=cfg.head_lr, epochs=cfg.head_epochs, batch_size=cfg.batch_size,
-            seed=cfg.seed, max_length=cfg.max_length, device=cfg.device, precision=cfg.precision,
-        )
-    pair = label_pair(clean.num_labels, cfg.sd_pair, cfg.seed)
-    hook = StopDistanceHook(
-        victim.tokenizer, probe_rows(clean, cfg.sd_samples, cfg.seed), pair=pair, rep=cfg.sd_on,
-        every=cfg.sd_every, threshold=cfg.sd, max_length=cfg.max_length, precision=cfg.precision,
-        min_steps=cfg.maxent_min_steps,
-    )
+    device, summary, pair, hook = stage1_setup(cfg, victim, clean, cfg.sd)
     sd_start = hook.measure(model, device, 0)
     if cfg.sd_relative:
         hook.threshold = cfg.sd * sd_start

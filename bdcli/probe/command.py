@@ -3,21 +3,19 @@ probe.csv, probe.md, one defended model per reached threshold, dynamics.csv with
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import StepResult, provenance_of, run_step
+from ..artifacts import StepResult, run_step
 from ..errors import BdcliError, UsageError
 from ..steps import Step
 
 
 def probe_sd(cfg: Any, model: str, data: Any, asr_data: Any | None, out: str | Path, *, force: bool = False,
              resume: bool = False, lock_wait_s: float = 0) -> StepResult:
-    from ..api import _device_of, _model_input, _with_warnings
-    from ..defenses import SCENARIO_CLEAN_FRACTION
+    from ..api import _defender_view, _device_of, _with_warnings
     from ..engine.checkpoint import active_root
     from ..models import load_classifier, save_classifier
     from ..steps import fingerprint
@@ -27,13 +25,8 @@ def probe_sd(cfg: Any, model: str, data: Any, asr_data: Any | None, out: str | P
 
     inputs = {"model": model, "data": data, **({"asr_data": asr_data} if asr_data is not None else {})}
     step = Step("probe", "sd", cfg, inputs)
-    model_path = _model_input(model)
-    victim_prov = provenance_of(model_path)
-    scenario = cfg.scenario or victim_prov.get("scenario") or "outsourcing"
-    cfg = dataclasses.replace(
-        cfg, scenario=scenario,
-        clean_fraction=cfg.clean_fraction if cfg.clean_fraction is not None else SCENARIO_CLEAN_FRACTION[scenario],
-    )
+    model_path, victim_prov, cfg = _defender_view(cfg, model)
+    scenario = cfg.scenario
     corpus = data.load()
     if corpus.poison is not None:
         raise UsageError(f"data {data.data} is poisoned ({corpus.poison.get('attack')}); probe-sd needs clean data "

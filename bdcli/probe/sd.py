@@ -25,13 +25,12 @@ from typing import Any, Callable
 from safetensors.torch import load_model, save_model
 
 from ..data.dataset import TextDataset
-from ..defenses.head import HEAD_PREFIXES, simulate_head
-from ..defenses.stop_distance import StopDistanceHook, label_pair, probe_rows
-from ..engine.device import resolve_device
+from ..defenses.head import HEAD_PREFIXES
+from ..defenses.maxent import stage1_setup
+from ..defenses.stop_distance import StopDistanceHook
 from ..engine.loop import TrainConfig, TrainState, train
-from ..errors import BdcliError, UsageError
+from ..errors import BdcliError
 from ..models.load import LoadedModel
-
 from .spec import DEFAULT_THRESHOLDS, ProbeSDConfig, parse_thresholds  # noqa: E402,F401  (re-exported)
 
 
@@ -92,24 +91,9 @@ def probe_stop_distance(
     ``on_model(i, threshold, row)`` is called with ``victim.model`` holding threshold i's defended model
     and returns what to add to its row (its metrics, where it was saved)."""
     model = victim.model
-    if clean.num_labels < 2:
-        raise UsageError("the Stop Distance needs at least two labels")
-    folder.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    model.to(device)
-    summary: dict[str, Any] = {}
-    if cfg.scenario == "transfer":
-        summary["simulated_head"] = simulate_head(
-            model, victim.tokenizer, clean, lr=cfg.head_lr, epochs=cfg.head_epochs, batch_size=cfg.batch_size,
-            seed=cfg.seed, max_length=cfg.max_length, device=cfg.device, precision=cfg.precision,
-        )
-    pair = label_pair(clean.num_labels, cfg.sd_pair, cfg.seed)
     given = list(cfg.sd)
-    sd_hook = StopDistanceHook(
-        victim.tokenizer, probe_rows(clean, cfg.sd_samples, cfg.seed), pair=pair, rep=cfg.sd_on,
-        every=cfg.sd_every, threshold=given[-1], max_length=cfg.max_length, precision=cfg.precision,
-        min_steps=cfg.maxent_min_steps,
-    )
+    device, summary, pair, sd_hook = stage1_setup(cfg, victim, clean, given[-1])
+    folder.mkdir(parents=True, exist_ok=True)
     sd_start = sd_hook.measure(model, device, 0)
     thresholds = [t * sd_start for t in given] if cfg.sd_relative else given
     sd_hook.threshold = thresholds[-1]
