@@ -160,8 +160,10 @@ def _metrics(out: Path) -> dict[str, dict]:
 
 
 def _finished(out: Path) -> dict[str, str]:
-    """Step folder -> the time its manifest says it finished."""
-    return {p.parent.name: json.loads(p.read_text())["finished"] for p in (out / "steps").glob("*/manifest.json")}
+    """Published step folder -> the time its manifest says it finished. Hidden folders beside them are a
+    running step's staging folder, whose manifest may be half-written: they are not results yet."""
+    return {p.parent.name: json.loads(p.read_text())["finished"] for p in (out / "steps").glob("*/manifest.json")
+            if not p.parent.name.startswith(".")}
 
 
 @pytest.fixture(scope="module")
