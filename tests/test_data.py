@@ -22,6 +22,7 @@ from bdcli.data import (
     resolve_data_dir,
     write_data_folder,
 )
+import bdcli.data.named as named_module
 from bdcli.data.named import load_named
 from bdcli.data.readers import read_lines, read_text_label_files
 from bdcli.errors import BdcliError
@@ -396,12 +397,31 @@ def test_unreachable_hub_says_what_to_do(tmp_path, monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(named_module, "_hub_reachable", lambda: True)  # the host answers, the load fails
     expected = (
         rf"data set 'sst2' is not in the data directory {re.escape(str(tmp_path))} "
         r"and the hub could not be reached .*set BDCLI_DATA_DIR or --data-dir"
     )
     with pytest.raises(BdcliError, match=expected):
         load_named("sst2", tmp_path)
+
+
+def test_no_connection_to_the_hub_fails_at_once_without_retries(tmp_path, monkeypatch):
+    import time
+
+    import datasets
+
+    def must_not_be_called(*args, **kwargs):
+        raise AssertionError("load_dataset was called although the hub's host did not answer")
+
+    monkeypatch.setattr(datasets, "load_dataset", must_not_be_called)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    started = time.monotonic()
+    with pytest.raises(BdcliError, match=r"no connection to the hub while loading 'SetFit/sst2'"):
+        load_named("sst2", tmp_path)
+    assert time.monotonic() - started < 5
 
 
 def test_hub_label_mappings(tmp_path, monkeypatch):
@@ -417,6 +437,7 @@ def test_hub_label_mappings(tmp_path, monkeypatch):
         ),
     }
     monkeypatch.setattr(datasets, "load_dataset", lambda hub_id: hub[hub_id])
+    monkeypatch.setattr(named_module, "_hub_reachable", lambda: True)
     hsol = load_named("hsol", tmp_path)
     assert hsol.source == "hub:tdavidson/hate_speech_offensive"
     assert [len(hsol.split(s)) for s in ("train", "dev", "test")] == [24, 3, 3]

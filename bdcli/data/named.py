@@ -126,7 +126,26 @@ def _local_mr(folder: Path) -> dict[str, TextDataset]:
 
 
 # --- the hub ----------------------------------------------------------------------------------------
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub's host answers at all. Without this check an offline machine waits through
+    huggingface_hub's five retries (about half a minute of retry lines) before the same error."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+        return True  # the user asked for the local hub cache: let `datasets` read it
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def _hub(hub_id: str) -> Any:
+    if not _hub_reachable():
+        raise HubUnreachable(f"no connection to the hub while loading {hub_id!r}")
     try:
         import datasets
 
