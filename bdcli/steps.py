@@ -105,15 +105,19 @@ def _input_json(value: Any) -> Any:
 # ------------------------------------------------------------------------------------- fingerprints
 
 
-def fingerprint(step: Step, ref_fingerprints: dict[str, str] | None = None) -> str:
-    """The step's fingerprint; ``ref_fingerprints`` gives those of the steps its ``Ref`` inputs name."""
-    return hashlib.sha256(json.dumps(fingerprint_payload(step, ref_fingerprints), sort_keys=True).encode()).hexdigest()
+def fingerprint(step: Step, ref_fingerprints: dict[str, str] | None = None, unreadable: list[str] | None = None) -> str:
+    """The step's fingerprint; ``ref_fingerprints`` gives those of the steps its ``Ref`` inputs name.
+    With ``unreadable`` (a dry run), data that cannot be read is noted there and fingerprinted as
+    unreadable instead of raising: the plan is shown, and its step can match no finished output."""
+    payload = fingerprint_payload(step, ref_fingerprints, unreadable)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def fingerprint_payload(step: Step, ref_fingerprints: dict[str, str] | None = None) -> dict[str, Any]:
+def fingerprint_payload(step: Step, ref_fingerprints: dict[str, str] | None = None,
+                        unreadable: list[str] | None = None) -> dict[str, Any]:
     refs = ref_fingerprints or {}
     cfg = config_dict(step.config)
-    inputs = {name: input_fingerprint(value, refs) for name, value in all_inputs(step).items()}
+    inputs = {name: input_fingerprint(value, refs) for name, value in all_inputs(step, unreadable).items()}
     return {
         "kind": step.kind,
         "name": step.name,
@@ -126,8 +130,9 @@ def fingerprint_payload(step: Step, ref_fingerprints: dict[str, str] | None = No
     }
 
 
-def all_inputs(step: Step) -> dict[str, Any]:
-    """The step's inputs plus those its component declares from the config (a proxy corpus, say)."""
+def all_inputs(step: Step, unreadable: list[str] | None = None) -> dict[str, Any]:
+    """The step's inputs plus those its component declares from the config (a proxy corpus, say);
+    ``unreadable`` as in :func:`fingerprint`."""
     inputs = dict(step.inputs)
     if step.kind in ("attack", "defend") and step.config is not None:
         from .registry import _registry
@@ -143,15 +148,32 @@ def all_inputs(step: Step) -> dict[str, Any]:
     elif step.kind == "poison" and step.config is not None and "data" in inputs and not isinstance(inputs["data"], Ref):
         from .poison import POISONERS
 
-        corpus = _load_data(inputs["data"])
-        for name, value in POISONERS.get(step.name)(step.config).extra_inputs(corpus).items():
+        from .errors import BdcliError
+
+        try:
+            extra = POISONERS.get(step.name)(step.config).extra_inputs(lambda: _load_data(inputs["data"]))
+        except BdcliError as e:
+            if unreadable is None:
+                raise
+            unreadable.append(str(e))
+            extra = {"unreadable": Unreadable(str(e))}
+        for name, value in extra.items():
             inputs.setdefault(name, value)
     return inputs
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An input a dry run could not read; its fingerprint matches no finished step."""
+
+    why: str
 
 
 def input_fingerprint(value: Any, refs: dict[str, str]) -> str:
     from .api import DataSpec
 
+    if isinstance(value, Unreadable):
+        return "unreadable:" + value.why
     if isinstance(value, Ref):
         if value.step not in refs:
             raise UsageError(f"input refers to step {value.step!r}, which the plan does not hold")
@@ -235,7 +257,14 @@ def _load_data(spec: Any):
     spec = spec if isinstance(spec, DataSpec) else DataSpec(str(spec))
     key = json.dumps(dataclasses.asdict(spec), sort_keys=True)
     if key not in _CORPORA:
-        _CORPORA[key] = spec.load()
+        from .errors import BdcliError
+
+        try:
+            _CORPORA[key] = spec.load()
+        except BdcliError as e:  # kept, so that a plan does not wait for the same unreachable data again
+            _CORPORA[key] = e
+    if isinstance(_CORPORA[key], Exception):
+        raise _CORPORA[key]
     return _CORPORA[key]
 
 

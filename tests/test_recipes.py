@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bdcli.errors import UsageError
+from bdcli.errors import BdcliError, UsageError
 from bdcli.recipes import describe_plan, expand, load_recipe
 from tests.helpers import bdcli
 
@@ -89,6 +89,40 @@ def test_every_shipped_recipe_validates_and_expands(path, data_dir):
         rec = load_recipe(path, profile)
         plan = expand(rec)
         assert plan.nodes, f"{path} ({profile}) expands to nothing"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(REPO / "recipes")) for p in RECIPES])
+def test_every_shipped_recipe_dry_runs_without_its_data(path, tmp_path, monkeypatch):
+    """A user reads a recipe's plan before fetching the data: no data directory and no hub still
+    gives the plan (exit 0, nothing written), with the unread data named instead of a step count."""
+    import bdcli.data.named as named
+    import bdcli.steps as steps
+
+    monkeypatch.delenv("BDCLI_DATA_DIR", raising=False)
+    monkeypatch.setattr(named, "_hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(steps, "_CORPORA", {})  # nothing loaded by an earlier test in this process
+    out = tmp_path / "out"
+    res = bdcli("run", path, "--out", out, "--dry-run")
+    head = res.output.splitlines()[:6]
+    assert any(ln.startswith("not readable here") and "could not be reached" in ln for ln in head), res.output
+    assert "step(s) whose data could not be read" in res.output and "[todo]" in res.output
+    assert not out.exists()
+
+
+def test_a_dry_run_without_data_refuses_nothing_that_a_real_run_needs(tmp_path, monkeypatch):
+    """Only a dry run tolerates unread data: planning a real run of a rewrite attack (whose fingerprint
+    hashes its rewrite table) without the data stops with the reason, before any step runs."""
+    import bdcli.data.named as named
+    import bdcli.steps as steps
+
+    monkeypatch.delenv("BDCLI_DATA_DIR", raising=False)
+    monkeypatch.setattr(named, "_hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(steps, "_CORPORA", {})
+    rec = load_recipe(REPO / "recipes" / "maxent" / "table1-sst2.yaml", None)
+    plan = expand(rec, "sst2/StyleBkd/s1/victim", dry_run=True)
+    assert plan.unreadable and "could not be reached" in plan.unreadable[0]
+    with pytest.raises(BdcliError, match="could not be reached"):
+        expand(rec, "sst2/StyleBkd/s1/victim")
 
 
 def test_set_overrides_any_field_and_refuses_unknown_keys(tmp_path, tiny_encoder, small_sst2):

@@ -249,7 +249,7 @@ def run_recipe(
         elif address is not None:
             raise UsageError("--address names a Ray cluster: use it with --executor ray")
         rec = load_recipe(recipe, profile, list(set_))
-        plan = expand(rec, only)
+        plan = expand(rec, only, dry_run=dry_run)
         folder = out or Path("runs") / (rec.name + (f"-{profile}" if profile else ""))
         if dry_run:
             typer.echo(describe_plan(plan, folder if folder.exists() else None))

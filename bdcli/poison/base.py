@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from ..data.dataset import Corpus, TextDataset
 from ..errors import UsageError
@@ -47,9 +47,11 @@ class Poisoner:
     def __init__(self, config: PoisonConfig):
         self.config = config
 
-    def extra_inputs(self, corpus: Corpus) -> dict[str, str]:
+    def extra_inputs(self, corpus: Callable[[], Corpus]) -> dict[str, str]:
         """Files besides the data that the poisoned output depends on (a rewrite table, say): hashed
-        into the output's fingerprint, so that editing one invalidates the output."""
+        into the output's fingerprint, so that editing one invalidates the output. ``corpus`` loads the
+        clean corpus; call it only when the answer depends on it, since planning a recipe (a dry run
+        on a machine without the data, say) fingerprints every poison step."""
         return {}
 
     def transform(self, text: str, rng: random.Random) -> str:

@@ -133,8 +133,11 @@ class RewritePoisoner(Poisoner):
         return _Rewrites("live", dict(zip(candidates, call([train.texts[i] for i in candidates]))),
                          dict(zip(rows, test_texts)))
 
-    def extra_inputs(self, corpus: Corpus) -> dict[str, str]:
-        return {} if self.config.paraphraser else {"rewrite_table": str(self._table_folder(corpus))}
+    def extra_inputs(self, corpus: Callable[[], Corpus]) -> dict[str, str]:
+        if self.config.paraphraser:
+            return {}
+        given = Path(self.config.table).expanduser() if self.config.table is not None else None
+        return {"rewrite_table": str(given if given is not None and given.is_dir() else self._table_folder(corpus()))}
 
     def _table(self, corpus: Corpus, target: int) -> _Rewrites:
         folder = self._table_folder(corpus)

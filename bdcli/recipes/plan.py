@@ -29,6 +29,7 @@ class Node:
 class Plan:
     recipe: Recipe
     nodes: dict[str, Node]  # by id, in topological order
+    unreadable: list[str] = field(default_factory=list)  # why a dry run could not read some data
 
     @property
     def shared(self) -> list[Node]:
@@ -38,10 +39,12 @@ class Plan:
         return node.fingerprint[:20]
 
 
-def expand(recipe: Recipe, only: str | None = None) -> Plan:
+def expand(recipe: Recipe, only: str | None = None, dry_run: bool = False) -> Plan:
+    """The plan; with ``dry_run``, data that cannot be read (no data directory here, say) is noted in
+    ``Plan.unreadable`` instead of stopping the expansion."""
     from ..api import DataSpec
 
-    builder = _Builder()
+    builder = _Builder([] if dry_run else None)
     for dataset in recipe.datasets:
         data = DataSpec(dataset)
         for seed in recipe.seeds:
@@ -57,7 +60,7 @@ def expand(recipe: Recipe, only: str | None = None) -> Plan:
                 _cell(builder, recipe, atk, data, dataset, seed, base, cells)
     if not builder.nodes:
         raise UsageError(f"--only {only!r} matches no cell of the recipe" if only else "the recipe expands to no step")
-    return Plan(recipe, builder.nodes)
+    return Plan(recipe, builder.nodes, sorted(set(builder.unreadable or [])))
 
 
 def _cell(b: "_Builder", recipe: Recipe, atk, data, dataset: str, seed: int, base: str, cells: list[str]) -> None:
@@ -105,7 +108,8 @@ def _eval(recipe: Recipe, seed: int, model: Ref, data: Ref, label: str | None = 
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, unreadable: list[str] | None = None) -> None:
+        self.unreadable = unreadable
         self.nodes: dict[str, Node] = {}
         self.by_fp: dict[str, str] = {}
         self.alias: dict[str, str] = {}
@@ -116,7 +120,7 @@ class _Builder:
         for value in step.inputs.values():
             if isinstance(value, Ref):
                 refs[value.step] = self.nodes[value.step].fingerprint
-        fp = fingerprint(step, refs)
+        fp = fingerprint(step, refs, self.unreadable)
         if fp in self.by_fp:
             node = self.nodes[self.by_fp[fp]]
             node.cells += [c for c in cells if c not in node.cells]
@@ -133,23 +137,38 @@ class _Builder:
 # ------------------------------------------------------------------------------------------ estimates
 
 
-def estimate_steps(plan: Plan) -> dict[str, tuple[int, int]]:
+def estimate_steps(plan: Plan, unknown: dict[str, str] | None = None) -> dict[str, tuple[int, int]]:
     """Optimiser steps each training node will take, as (low, high): most are exact; a Stop Distance
-    stage stops somewhere between its floor and its budget."""
+    stage stops somewhere between its floor and its budget. A training node whose data cannot be read
+    is left out, with the reason in ``unknown`` (by node id) when given, and raises otherwise."""
+    from ..errors import BdcliError
+
     rows: dict[str, int] = {}
+    why: dict[str, str] = {}
     out: dict[str, tuple[int, int]] = {}
     for node in plan.nodes.values():
         step = node.step
         data = step.inputs.get("data")
+        n = None
         if isinstance(data, Ref):
             n = rows.get(data.step)
-        else:
+            if data.step in why:
+                why[node.id] = why[data.step]
+        elif data is not None:
             from ..steps import _load_data
 
-            n = len(_load_data(data).split("train"))
+            try:
+                n = len(_load_data(data).split("train"))
+            except BdcliError as e:
+                if unknown is None:
+                    raise
+                why[node.id] = str(e)
         rows[node.id] = n if n is not None else 0
-        if step.kind in ("attack", "defend") and n:
-            out[node.id] = _training_steps(step, n)
+        if step.kind in ("attack", "defend"):
+            if n:
+                out[node.id] = _training_steps(step, n)
+            elif node.id in why and unknown is not None:
+                unknown[node.id] = why[node.id]
     return out
 
 

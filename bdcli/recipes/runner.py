@@ -59,7 +59,8 @@ def write_plan(plan: Plan, out: Path) -> None:
 
 def describe_plan(plan: Plan, out: Path | None) -> str:
     """The dry-run text: each step with its state, the shared steps, and the training it will cost."""
-    est = estimate_steps(plan)
+    unknown: dict[str, str] = {}
+    est = estimate_steps(plan, unknown)
     lines, todo_low, todo_high, n_done = [], 0, 0, 0
     for node in plan.nodes.values():
         done = out is not None and is_done(out, node)
@@ -78,9 +79,12 @@ def describe_plan(plan: Plan, out: Path | None) -> str:
         f"{n} steps ({reached - n} reuses of shared steps; {len(plan.shared)} steps serve several cells), "
         f"{n_done} already done, {n - n_done} to run",
         "training steps to run: " + (f"{todo_low}" if todo_low == todo_high else f"{todo_low} to {todo_high}")
+        + (f" and those of {len(unknown)} step(s) whose data could not be read" if unknown else "")
         + " (optimiser steps; a Stop Distance stage stops between its floor and its budget)",
     ]
-    return "\n".join(head + lines)
+    why = sorted(set(unknown.values()) | set(plan.unreadable))
+    notes = [f"not readable here (steps that read it are counted as to run): {w}" for w in why]
+    return "\n".join(head + notes + lines)
 
 
 def run_plan(plan: Plan, out: Path, executor: Executor, *, on_event: Callable[[str], None] | None = None,
