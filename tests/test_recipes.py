@@ -109,7 +109,7 @@ def test_every_shipped_recipe_dry_runs_without_its_data(path, tmp_path, monkeypa
     assert not out.exists()
 
 
-def test_a_dry_run_without_data_refuses_nothing_that_a_real_run_needs(tmp_path, monkeypatch):
+def test_only_a_dry_run_goes_on_without_the_data(tmp_path, monkeypatch):
     """Only a dry run tolerates unread data: planning a real run of a rewrite attack (whose fingerprint
     hashes its rewrite table) without the data stops with the reason, before any step runs."""
     import bdcli.data.named as named
@@ -123,6 +123,11 @@ def test_a_dry_run_without_data_refuses_nothing_that_a_real_run_needs(tmp_path, 
     assert plan.unreadable and "could not be reached" in plan.unreadable[0]
     with pytest.raises(BdcliError, match="could not be reached"):
         expand(rec, "sst2/StyleBkd/s1/victim")
+    out = tmp_path / "out"
+    res = bdcli("run", REPO / "recipes" / "tiny.yaml", "--out", out, ok=False)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and "could not be reached" in lines[0], res.output
+    assert not out.exists()
 
 
 def test_set_overrides_any_field_and_refuses_unknown_keys(tmp_path, tiny_encoder, small_sst2):

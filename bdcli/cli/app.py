@@ -236,7 +236,7 @@ def run_recipe(
     Example: bdcli run recipes/maxent/table2-sst2.yaml --profile cpu --jobs 2
     """
     with guard():
-        from ..recipes import describe_plan, expand, load_recipe
+        from ..recipes import describe_plan, estimate_steps, expand, load_recipe
 
         from ..errors import UsageError
 
@@ -254,6 +254,7 @@ def run_recipe(
         if dry_run:
             typer.echo(describe_plan(plan, folder if folder.exists() else None))
             return
+        estimate_steps(plan)  # reads every data set the plan names: data that is not here stops the run before any step
         _run_plan(rec, plan, folder, jobs, threads, timeout, profile, executor, address)
 
 
