@@ -91,16 +91,21 @@ def test_every_shipped_recipe_validates_and_expands(path, data_dir):
         assert plan.nodes, f"{path} ({profile}) expands to nothing"
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(REPO / "recipes")) for p in RECIPES])
-def test_every_shipped_recipe_dry_runs_without_its_data(path, tmp_path, monkeypatch):
-    """A user reads a recipe's plan before fetching the data: no data directory and no hub still
-    gives the plan (exit 0, nothing written), with the unread data named instead of a step count."""
+@pytest.fixture
+def no_data(monkeypatch):
+    """A machine without the data: no data directory, and the hub out of reach."""
     import bdcli.data.named as named
     import bdcli.steps as steps
 
     monkeypatch.delenv("BDCLI_DATA_DIR", raising=False)
     monkeypatch.setattr(named, "_hub_reachable", lambda timeout_s=3.0: False)
     monkeypatch.setattr(steps, "_CORPORA", {})  # nothing loaded by an earlier test in this process
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(REPO / "recipes")) for p in RECIPES])
+def test_every_shipped_recipe_dry_runs_without_its_data(path, tmp_path, no_data):
+    """A user reads a recipe's plan before fetching the data: no data directory and no hub still
+    gives the plan (exit 0, nothing written), with the unread data named instead of a step count."""
     out = tmp_path / "out"
     res = bdcli("run", path, "--out", out, "--dry-run")
     head = res.output.splitlines()[:6]
@@ -109,15 +114,9 @@ def test_every_shipped_recipe_dry_runs_without_its_data(path, tmp_path, monkeypa
     assert not out.exists()
 
 
-def test_only_a_dry_run_goes_on_without_the_data(tmp_path, monkeypatch):
+def test_only_a_dry_run_goes_on_without_the_data(tmp_path, no_data):
     """Only a dry run tolerates unread data: planning a real run of a rewrite attack (whose fingerprint
     hashes its rewrite table) without the data stops with the reason, before any step runs."""
-    import bdcli.data.named as named
-    import bdcli.steps as steps
-
-    monkeypatch.delenv("BDCLI_DATA_DIR", raising=False)
-    monkeypatch.setattr(named, "_hub_reachable", lambda timeout_s=3.0: False)
-    monkeypatch.setattr(steps, "_CORPORA", {})
     rec = load_recipe(REPO / "recipes" / "maxent" / "table1-sst2.yaml", None)
     plan = expand(rec, "sst2/StyleBkd/s1/victim", dry_run=True)
     assert plan.unreadable and "could not be reached" in plan.unreadable[0]
