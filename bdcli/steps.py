@@ -16,12 +16,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import BdcliError, UsageError
 from .registry import Entry, Registry
 
 KINDS = ("poison", "attack", "defend", "evaluate", "probe", "report")
@@ -148,8 +147,6 @@ def all_inputs(step: Step, unreadable: list[str] | None = None) -> dict[str, Any
     elif step.kind == "poison" and step.config is not None and "data" in inputs and not isinstance(inputs["data"], Ref):
         from .poison import POISONERS
 
-        from .errors import BdcliError
-
         try:
             extra = POISONERS.get(step.name)(step.config).extra_inputs(lambda: _load_data(inputs["data"]))
         except BdcliError as e:
@@ -257,8 +254,6 @@ def _load_data(spec: Any):
     spec = spec if isinstance(spec, DataSpec) else DataSpec(str(spec))
     key = json.dumps(dataclasses.asdict(spec), sort_keys=True)
     if key not in _CORPORA:
-        from .errors import BdcliError
-
         try:
             _CORPORA[key] = spec.load()
         except BdcliError as e:  # kept, so that a plan does not wait for the same unreachable data again

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import BdcliError, UsageError
 from ..steps import Ref, Step, fingerprint
 from .schema import Component, Recipe
 
@@ -141,8 +141,6 @@ def estimate_steps(plan: Plan, unknown: dict[str, str] | None = None) -> dict[st
     """Optimiser steps each training node will take, as (low, high): most are exact; a Stop Distance
     stage stops somewhere between its floor and its budget. A training node whose data cannot be read
     is left out, with the reason in ``unknown`` (by node id) when given, and raises otherwise."""
-    from ..errors import BdcliError
-
     rows: dict[str, int] = {}
     why: dict[str, str] = {}
     out: dict[str, tuple[int, int]] = {}
