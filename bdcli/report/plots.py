@@ -47,6 +47,9 @@ def _figure(size: tuple[int, int], ncols: int = 1, nrows: int = 1, **kw):
     w, h = size
     if w < 50 or h < 50:
         raise BdcliError(f"a figure of {w}x{h} pixels is too small to draw")
+    # Constrained layout keeps a suptitle clear of the panels' titles; tight_layout overlaps them on
+    # tall grids (the dynamics figure has a row per stage).
+    kw.setdefault("layout", "constrained")
     fig, axes = plt.subplots(nrows, ncols, figsize=(w / DPI, h / DPI), dpi=DPI, squeeze=False, **kw)
     return fig, axes
 
@@ -95,7 +98,6 @@ def sd_against_steps(traces: Mapping[str, Sequence[Sequence[float]]], out: str |
     if 1 < drawn <= 12 or (drawn == 1 and next(iter(traces)) != ""):
         ax.legend(fontsize="small")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
     return _save(fig, out)
 
 
@@ -121,7 +123,6 @@ def sd_effect(rows: Sequence[Mapping[str, Any]], out: str | Path, *, title: str 
         ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, out)
 
 
@@ -143,7 +144,6 @@ def steps_against_sd(rows: Sequence[Mapping[str, Any]], out: str | Path, *,
         ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, out)
 
 
@@ -175,6 +175,10 @@ def dynamics(rows: Sequence[Mapping[str, Any]], out: str | Path, *, title: str =
         a, b, c = axes[i]
         for key, name in DISTANCES:
             a.plot(steps, col(rs, key), label=name)
+        # Stage 1 collapses the distances by orders of magnitude; a linear axis shows only a drop to 0.
+        seen = [v for key, _ in DISTANCES for v in col(rs, key) if not math.isnan(v)]
+        if seen and min(seen) > 0:
+            a.set_yscale("log")
         a.set_title(f"{stage}: centroid distances" if stage else "centroid distances")
         b.plot(steps, _pct([r.get("acc") for r in rs]), label="ACC")
         b.plot(steps, _pct([r.get("asr") for r in rs]), label="ASR")
@@ -188,7 +192,6 @@ def dynamics(rows: Sequence[Mapping[str, Any]], out: str | Path, *, title: str =
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize="small")
     fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, out)
 
 
@@ -239,7 +242,6 @@ def tsne(panels: Mapping[str, tuple[Any, Any]], out: str | Path, *, seed: int = 
         ax.set_yticks([])
         ax.legend(fontsize="x-small")
     fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, out)
 
 
@@ -283,7 +285,6 @@ def sweep(curves: Sequence[Curve], out: str | Path, *, x_label: str, title: str,
         if len(curves) <= 16:
             ax.legend(fontsize="x-small")
     fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, out)
 
 
@@ -344,5 +345,4 @@ def trigger_rmse(doc: Mapping[str, Any], out: str | Path, *,
     ax.set_title(title, fontsize="medium")
     ax.legend(fontsize="small")
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
     return _save(fig, out)
