@@ -136,11 +136,10 @@ class RewritePoisoner(Poisoner):
     def extra_inputs(self, corpus: Callable[[], Corpus]) -> dict[str, str]:
         if self.config.paraphraser:
             return {}
-        given = Path(self.config.table).expanduser() if self.config.table is not None else None
-        return {"rewrite_table": str(given if given is not None and given.is_dir() else self._table_folder(corpus()))}
+        return {"rewrite_table": str(self._table_folder(corpus))}
 
     def _table(self, corpus: Corpus, target: int) -> _Rewrites:
-        folder = self._table_folder(corpus)
+        folder = self._table_folder(lambda: corpus)
         train, test = corpus.split("train"), corpus.split("test")
         cols = {"text_col": self.config.table_text_col, "label_col": self.config.table_label_col,
                 "label_names": corpus.label_names}
@@ -180,11 +179,13 @@ class RewritePoisoner(Poisoner):
             test_rw = table_test
         return _Rewrites("table", dict(enumerate(table_train.texts)), test_rw, str(folder))
 
-    def _table_folder(self, corpus: Corpus) -> Path:
-        table = self.config.table or f"{corpus.name}{self.table_suffix}"
-        path = Path(table).expanduser()
-        if self.config.table is not None and path.is_dir():
+    def _table_folder(self, load_corpus: Callable[[], Corpus]) -> Path:
+        """The rewrite table's folder. ``load_corpus`` is called only when --table is not a folder
+        already, so that planning a step with one given needs no data."""
+        if self.config.table is not None and (path := Path(self.config.table).expanduser()).is_dir():
             return path
+        corpus = load_corpus()
+        table = self.config.table or f"{corpus.name}{self.table_suffix}"
         # A name is looked up beside the clean set's own folder (the data directory it was read from, even
         # one given by --data-dir), then in $BDCLI_DATA_DIR.
         homes: list[Path] = []
