@@ -91,6 +91,20 @@ def test_every_shipped_recipe_validates_and_expands(path, data_dir):
         assert plan.nodes, f"{path} ({profile}) expands to nothing"
 
 
+def test_baselines_recipe_reuses_the_quick_start_victims(data_dir):
+    """The ablation recipe promises to run only its new defenses in a store of the quick start: its
+    poison and attack steps, and its FT, FTH and Ours rows, must be the quick start's steps exactly."""
+    base = expand(load_recipe(REPO / "recipes" / "maxent" / "baselines-sst2.yaml", None))
+    qs = expand(load_recipe(REPO / "recipes" / "quickstart.yaml", None))
+    shared_kinds = {"poison", "attack"}
+    qs_fps = {n.fingerprint for n in qs.nodes.values()}
+    base_fps = {n.fingerprint for n in base.nodes.values()}
+    seed42 = {n.fingerprint for n in base.nodes.values() if n.step.kind in shared_kinds and "/s42/" in n.id}
+    assert len(seed42) == 2 and seed42 <= qs_fps
+    # The quick start plans seed 42 only; every step of it (FT, FTH and Ours included) is reused.
+    assert qs_fps <= base_fps
+
+
 @pytest.fixture
 def no_data(monkeypatch):
     """A machine without the data: no data directory, and the hub out of reach."""
