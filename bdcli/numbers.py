@@ -77,6 +77,7 @@ RULES: dict[str, Rule] = {
     "sd": POSITIVE, "sd_every": COUNT, "sd_samples": Rule(2, 1_000_000, integer=True),
     "vib_hidden": COUNT0, "vib_latent": COUNT,
     "broadcast_lambda": WEIGHT, "prompt_temperature": POSITIVE, "prompt_width": Rule(0, 64, integer=True),
+    "mlm_head_steps": Rule(0, 10_000_000, integer=True),
     "adv_steps": Rule(1, 100, integer=True), "adv_init_mag": WEIGHT, "adv_max_norm": WEIGHT,
     "prune_ratio": SHARE_OPEN, "prune_batches": COUNT,
     "nad_beta": WEIGHT, "nad_power": POSITIVE,

@@ -33,9 +33,11 @@ ENGINE_VERSION = 2
 
 # Settings that change where a step runs or how it can be resumed, not what it computes.
 NOT_FINGERPRINTED = frozenset({"device", "checkpoint_every", "label"})
-# Options that add a file to an output and change nothing else: left out of the fingerprint while off, so
-# that outputs made before the option existed keep their fingerprints.
-OFF_VALUES = {"record_dynamics": 0, "geometry": False, "trigger_rmse": None, "rmse_class_tokens": None}
+# Options whose off value is exactly what the procedure did before the option existed (most add a file to
+# an output and change nothing else): left out of the fingerprint while off, so that outputs made before
+# the option existed keep their fingerprints.
+OFF_VALUES = {"record_dynamics": 0, "geometry": False, "trigger_rmse": None, "rmse_class_tokens": None,
+              "mlm_head_steps": 0}
 
 EVALUATORS: Registry[Entry] = Registry("evaluator")
 

@@ -17,6 +17,7 @@ from bdcli.defenses.gba import GBAConfig, GradientBroadcast, broadcast_pull, def
 from bdcli.engine import TrainConfig, train
 from bdcli.errors import BdcliError, UsageError
 from bdcli.models import load_classifier
+from bdcli.models.mlm_head import MlmHead
 from bdcli.models.prompt import PromptClassifier, build_prompt_classifier
 from tests.helpers import bdcli
 
@@ -251,3 +252,104 @@ def test_prompt_folder_without_its_safetensors_template_is_refused(runs, tmp_pat
     template.unlink()
     with pytest.raises(BdcliError, match="template"):
         load_classifier(str(bad), label_names=["0", "1"])
+
+
+# --- scoring through a masked-LM head (--mlm-head-steps) -------------------------------------------------
+def head_prompt_model(tiny_encoder, temperature=0.7) -> PromptClassifier:
+    loaded = load_classifier(str(tiny_encoder), label_names=["negative", "positive"], seed=0)
+    enc = loaded.model.base_model
+    torch.manual_seed(3)
+    head = MlmHead(enc.config, enc.get_input_embeddings())
+    with torch.no_grad():  # a head that is not the identity, so that using it or not shows
+        head.bias.normal_()
+        head.LayerNorm.weight.uniform_(0.5, 1.5)
+    pm = build_prompt_classifier(enc, loaded.tokenizer, ("terrible", "good"), width=2, temperature=temperature, seed=0,
+                                 mlm_head=head)
+    pm.tokenizer = loaded.tokenizer
+    return pm.eval()
+
+
+def test_a_masked_lm_head_scores_the_mask_state_as_bert_predicts_a_token(tiny_encoder):
+    pm = head_prompt_model(tiny_encoder)
+    head = pm.mlm_head
+    assert head.decoder.weight is pm.word_embeddings.weight  # tied: the broadcast still moves E
+    batch = pm.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = pm(**batch)
+        for b, text in enumerate(TEXTS):
+            ids = pm.tokenizer(text)["input_ids"]
+            seq, pos = hand_prompt(pm, ids, pm.word_embeddings.weight[ids])
+            h = pm.encoder(inputs_embeds=seq[None]).last_hidden_state[0, pos]
+            t = torch.nn.functional.layer_norm(torch.nn.functional.gelu(h @ head.dense.weight.T + head.dense.bias), (32,),
+                                               head.LayerNorm.weight, head.LayerNorm.bias, eps=1e-12)
+            want = torch.log_softmax((t @ pm.word_embeddings.weight.T + head.bias) / 0.7, dim=-1)
+            assert torch.allclose(out.vocab_logprobs[b], want, atol=2e-5)
+            assert not torch.allclose(out.vocab_logprobs[b], hand_vocab_logprobs(pm, text), atol=1e-2)
+
+
+def test_head_training_moves_only_the_head_and_lowers_its_heldout_loss(tiny_encoder, small_sst2):
+    from bdcli.data import load_corpus
+    from bdcli.models.mlm_head import train_head
+
+    pm = head_prompt_model(tiny_encoder)
+    clean = load_corpus(str(small_sst2)).split("train")
+    before = {n: p.detach().clone() for n, p in pm.named_parameters()}
+    s = train_head(pm, pm.mlm_head, pm.tokenizer, clean, TrainConfig(batch_size=16, max_length=32, device="cpu",
+                   precision="fp32", seed=5), steps=40, source=str(tiny_encoder), desc="head")
+    moved = {n for n, p in pm.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved == {"mlm_head.dense.weight", "mlm_head.dense.bias", "mlm_head.LayerNorm.weight",
+                     "mlm_head.LayerNorm.bias", "mlm_head.bias"}  # the encoder, E and the template are frozen
+    assert s["init"] == "fresh" and s["training"]["steps"] == 40 and s["heldout_rows"] == 40 and s["rows"] == 360
+    assert s["heldout_before"]["masked_tokens"] == s["heldout_after"]["masked_tokens"] > 0  # one fixed masking draw
+    assert s["heldout_after"]["loss"] < s["heldout_before"]["loss"] - 0.05  # 11.01 -> 10.91 when measured
+
+
+@pytest.fixture(scope="module")
+def head_run(runs, small_sst2):
+    bdcli("defend", "gba", "--model", runs / "victim", "--data", small_sst2, "--clean-fraction", "0.25", "--batch-size", "16",
+          "--max-steps", "4", "--lr", "1e-3", "--class-tokens", "terrible,good", "--mlm-head-steps", "3",
+          "--out", runs / "gba-head")
+    bdcli("evaluate", "--model", runs / "gba-head", "--data", runs / "poisoned", "--out", runs / "eval-head")
+    return runs / "gba-head"
+
+
+def test_cli_gba_with_a_head_saves_it_and_evaluate_scores_through_it(head_run, runs):
+    from safetensors.torch import load_file
+
+    from bdcli.models.mlm_head import HEAD_FILE
+
+    prompt = json.loads((head_run / "config.json").read_text())["bdcli_prompt"]
+    assert prompt["format"] == 2 and prompt["mlm_head_file"] == HEAD_FILE
+    summary = json.loads((head_run / "manifest.json").read_text())["summary"]
+    assert summary["scoring"] == "masked-LM head" and summary["mlm_head"]["training"]["steps"] == 3
+    assert summary["training"]["steps"] == 4
+    loaded = load_classifier(str(head_run), label_names=["0", "1"])
+    saved = load_file(str(head_run / HEAD_FILE))
+    assert torch.equal(loaded.model.mlm_head.bias.detach(), saved["bias"])
+    assert loaded.model.mlm_head.decoder.weight is loaded.model.word_embeddings.weight
+    metrics = json.loads((runs / "eval-head" / "metrics.json").read_text())
+    assert metrics["n_clean"] == 200 and 0 <= metrics["asr"] <= 1
+    # Without the option the model is format 1, as every prompt model saved before it.
+    assert json.loads((runs / "gba" / "config.json").read_text())["bdcli_prompt"]["format"] == 1
+
+
+def test_a_head_model_without_its_head_file_is_refused(head_run, tmp_path):
+    from bdcli.models.mlm_head import HEAD_FILE
+
+    bad = tmp_path / "bad"
+    shutil.copytree(head_run, bad)
+    (bad / HEAD_FILE).unlink()
+    with pytest.raises(BdcliError, match="masked-LM head"):
+        load_classifier(str(bad), label_names=["0", "1"])
+
+
+def test_mlm_head_steps_off_keeps_the_old_fingerprint_on_changes_it():
+    from bdcli.steps import Step, fingerprint_payload
+
+    def payload(**kw):
+        return fingerprint_payload(Step("defend", "gba", GBAConfig(**kw), {"model": "minilm", "data": "sst2"}))["config"]
+
+    assert "mlm_head_steps" not in payload() and "mlm_head_steps" not in payload(mlm_head_steps=0)
+    assert payload(mlm_head_steps=300)["mlm_head_steps"] == 300
+    with pytest.raises(UsageError):
+        GBAConfig(mlm_head_steps=-1)

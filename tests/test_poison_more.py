@@ -3,7 +3,6 @@ they became, the ASR set, and the errors for tables that do not fit."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pytest

@@ -47,12 +47,10 @@ On a CPU, shorten with --max-steps.
 from __future__ import annotations
 
 from itertools import combinations
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..data.dataset import Corpus, TextDataset
 from ..engine.batching import collate, encode, eval_batches
@@ -60,6 +58,7 @@ from ..engine.device import autocast, resolve_device
 from ..engine.loop import TrainConfig, TrainState, train
 from ..errors import BdcliError, UsageError
 from ..models.load import LoadedModel, load_classifier
+from ..models.mlm_head import MlmHead, load_pretrained_head, mask_tokens
 from ..poison.neuba import NEUBA_TRIGGERS
 from .specs.neuba import MAX_TRIGGERS, N_BLOCKS, NeubaConfig
 from .triggers import trigger_token_ids
@@ -90,80 +89,6 @@ def target_vectors(hidden_size: int, n: int) -> torch.Tensor:
         for start, end in ranges:
             out[i, start:end] = -1.0
     return out
-
-
-# --- the masked-LM head ---------------------------------------------------------------------------------
-class MlmHead(nn.Module):
-    """BERT's masked-LM head (BertLMPredictionHead): dense, activation and LayerNorm, then a decoder whose
-    weight IS the word-embedding matrix (BERT ties them), plus a per-token output bias."""
-
-    def __init__(self, config, embeddings: nn.Embedding):
-        super().__init__()
-        from transformers.activations import get_activation
-
-        vocab, dim = embeddings.weight.shape
-        act = getattr(config, "hidden_act", "gelu")
-        self.dense = nn.Linear(config.hidden_size, dim)
-        self.act = get_activation(act) if isinstance(act, str) else act
-        self.LayerNorm = nn.LayerNorm(dim, eps=getattr(config, "layer_norm_eps", 1e-12))
-        self.decoder = nn.Linear(dim, vocab, bias=False, device="meta")
-        self.decoder.weight = embeddings.weight
-        self.bias = nn.Parameter(torch.zeros(vocab))
-        nn.init.normal_(self.dense.weight, std=getattr(config, "initializer_range", 0.02))
-        nn.init.zeros_(self.dense.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.LayerNorm(self.act(self.dense(hidden)))) + self.bias
-
-    def own_parameters(self) -> list[nn.Parameter]:
-        """The head's parameters without the tied decoder weight (which is the encoder's embeddings)."""
-        return [self.dense.weight, self.dense.bias, self.LayerNorm.weight, self.LayerNorm.bias, self.bias]
-
-
-# Checkpoint names of the MLM head of BERT and RoBERTa -> names in MlmHead. Old BERT files say
-# gamma/beta for LayerNorm weight/bias.
-_PRETRAINED_HEADS = {
-    "cls.predictions.": {"transform.dense.weight": "dense.weight", "transform.dense.bias": "dense.bias",
-                         "transform.LayerNorm.weight": "LayerNorm.weight", "transform.LayerNorm.bias": "LayerNorm.bias",
-                         "transform.LayerNorm.gamma": "LayerNorm.weight", "transform.LayerNorm.beta": "LayerNorm.bias",
-                         "bias": "bias"},
-    "lm_head.": {"dense.weight": "dense.weight", "dense.bias": "dense.bias", "layer_norm.weight": "LayerNorm.weight",
-                 "layer_norm.bias": "LayerNorm.bias", "bias": "bias"},
-}
-
-
-def _weight_files(source: str) -> list[Path]:
-    if Path(source).is_dir():
-        return sorted(Path(source).glob("*.safetensors"))
-    try:  # a hub id: only what from_pretrained already put in the local cache, never a download
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(source, "model.safetensors")
-    except Exception:
-        return []
-    return [Path(hit)] if isinstance(hit, str) else []
-
-
-def load_pretrained_head(head: MlmHead, source: str) -> bool:
-    """Fill ``head`` from the checkpoint's own MLM head if its files hold one; True when they did."""
-    from safetensors import safe_open
-
-    wanted = {n for n, _ in head.named_parameters() if not n.startswith("decoder.")}
-    for f in _weight_files(source):
-        with safe_open(str(f), framework="pt") as st:
-            keys = set(st.keys())
-            for prefix, names in _PRETRAINED_HEADS.items():
-                found = {names[k[len(prefix):]]: k for k in keys if k.startswith(prefix) and k[len(prefix):] in names}
-                if set(found) == wanted:
-                    state = {ours: st.get_tensor(theirs).float() for ours, theirs in found.items()}
-                    if state["bias"].shape != head.bias.shape or state["dense.weight"].shape != head.dense.weight.shape:
-                        return False
-                    with torch.no_grad():
-                        for name, p in head.named_parameters():
-                            if name in state:
-                                p.copy_(state[name])
-                    return True
-    return False
 
 
 # --- the objective ---------------------------------------------------------------------------------------
@@ -203,17 +128,8 @@ class NeubaObjective:
     # masking (BERT's recipe, NeuBA's mask_tokens) ------------------------------------------------------
     def mask_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked inputs, labels with -100 off the masked positions)."""
-        ids = input_ids.detach().cpu()
-        maskable = attention_mask.detach().cpu().bool() & ~torch.isin(ids, self.special_ids)
-        chosen = (torch.rand(ids.shape) < self.mlm_probability) & maskable
-        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-        to_mask = (torch.rand(ids.shape) < 0.8) & chosen
-        to_random = (torch.rand(ids.shape) < 0.5) & chosen & ~to_mask
-        random_ids = torch.randint(self.head.bias.numel(), ids.shape)
-        masked = ids.clone()
-        masked[to_mask] = self.mask_id
-        masked[to_random] = random_ids[to_random]
-        return masked.to(input_ids.device), labels.to(input_ids.device)
+        return mask_tokens(input_ids, attention_mask, mask_id=self.mask_id, special_ids=self.special_ids,
+                           vocab_size=self.head.bias.numel(), probability=self.mlm_probability)
 
     # triggering ---------------------------------------------------------------------------------------
     def add_triggers(self, batch: dict[str, torch.Tensor], which: torch.Tensor | None = None

@@ -67,6 +67,7 @@ FIELD_HELP: dict[str, str] = {
     "vib_latent": "Dimension of the variational baseline's Gaussian.",
     "broadcast_lambda": "GBA: trade-off λ of the gradient broadcast g_w = ∇E_w + λ·Q_w (eq. 3; paper 0.5); 0 = prompt tuning without the broadcast.",
     "prompt_temperature": "GBA: temperature T of the [MASK]-over-vocabulary softmax (eq. 1; paper silent, 1 = plain softmax).",
+    "mlm_head_steps": "GBA: score [MASK] through BERT's masked-LM head, trained this many steps on the clean text first (encoder frozen), instead of the bare word embeddings (eq. 1); 0 = off. For models without a head, such as MiniLM.",
     "prompt_width": "GBA: learnable soft template tokens around [MASK] (paper: 2; 0 = no template).",
     "class_tokens": "GBA: comma-separated class token per label, in label order (default: the paper's Table 1 words); each must be one vocabulary token.",
     "gba_optimizer": "GBA: 'adamw' (default; the paper's experiments use Adam) or 'sgd', eq. 2's plain SGD step without momentum (give it an SGD-sized --lr).",

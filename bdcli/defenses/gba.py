@@ -19,6 +19,12 @@ momentum; give it an SGD-sized ``--lr``, the paper names none). The default feed
 loop's AdamW (the paper's experiments use Adam throughout, appendix B/C, and 2e-5 is an Adam step size),
 after gradient clipping like every other gradient.
 
+``--mlm-head-steps N`` scores [MASK] through BERT's masked-LM head instead of the bare embeddings
+(``models/mlm_head.py``): the head (from the victim's files if they hold one, else fresh) is first
+trained N steps on the clean rows' text with the encoder frozen, then adapted with everything else.
+GBA builds on Gao et al. (2021)'s prompt-based fine-tuning of a masked LM, which bert-base runs with
+its pre-trained head; the packaged MiniLM has none. 0 (the default) is eq. 1 as written.
+
 The defended model is saved as a prompt model (the encoder, the template, the class tokens);
 ``load_classifier`` reads it back, so ``bdcli evaluate`` scores it with eq. 1's prediction. The victim's
 classification head is not used: the verbalizer over ``E`` replaces it.
@@ -40,6 +46,7 @@ from ..data.dataset import TextDataset
 from ..engine.loop import TrainConfig, TrainState, train
 from ..errors import BdcliError, UsageError
 from ..models.load import LoadedModel
+from ..models.mlm_head import MlmHead, train_head
 from ..models.prompt import PromptClassifier, PromptOutput, build_prompt_classifier
 from .specs.gba import GBAConfig
 
@@ -156,10 +163,20 @@ def gba_defense(cfg: GBAConfig, victim: LoadedModel, clean: TextDataset) -> dict
     tokens = cfg.class_tokens or default_class_tokens(victim.label_names)
     if len(tokens) != clean.num_labels:
         raise UsageError(f"give one class token per label: {len(tokens)} tokens for {clean.num_labels} labels {clean.label_names}")
+    encoder = victim.model.base_model
+    head = None
+    if cfg.mlm_head_steps:
+        torch.manual_seed(cfg.seed)  # the head's initialisation
+        head = MlmHead(encoder.config, encoder.get_input_embeddings())
     # The victim's classification head is dropped: the verbalizer over E is the defended model's head.
     model = build_prompt_classifier(
-        victim.model.base_model, victim.tokenizer, tokens, width=cfg.prompt_width, temperature=cfg.prompt_temperature, seed=cfg.seed
+        encoder, victim.tokenizer, tokens, width=cfg.prompt_width, temperature=cfg.prompt_temperature, seed=cfg.seed,
+        mlm_head=head,
     )
+    head_summary = None
+    if head is not None:
+        head_summary = train_head(model, head, victim.tokenizer, clean, TrainConfig.take(cfg), steps=cfg.mlm_head_steps,
+                                  source=victim.source, desc="defend: gba, masked-LM head")
     broadcast = GradientBroadcast(model.word_embeddings.weight, cfg.broadcast_lambda) if cfg.broadcast_lambda > 0 else None
     try:
         result = train(model, victim.tokenizer, clean, TrainConfig.take(cfg), objective=gba_objective(broadcast),
@@ -175,7 +192,10 @@ def gba_defense(cfg: GBAConfig, victim: LoadedModel, clean: TextDataset) -> dict
         "prompt_temperature": cfg.prompt_temperature,
         "broadcast_lambda": cfg.broadcast_lambda,
         "optimizer": cfg.gba_optimizer,
+        "scoring": "masked-LM head" if head is not None else "word embeddings (eq. 1)",
     }
+    if head_summary is not None:
+        summary["mlm_head"] = head_summary
     if broadcast is not None:
         summary["broadcast"] = broadcast.summary()
     return summary

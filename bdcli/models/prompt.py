@@ -13,14 +13,19 @@ and class ``c`` is its class token (verbalizer) ``F(c)``: the model's ``logits``
 log-probabilities over the whole vocabulary, so their softmax is the class tokens' probabilities
 renormalised among themselves and their argmax is the paper's prediction.
 
-``h`` is scored directly against the tied input embeddings ``E``: no masked-LM transform, no decoder
-bias. That is what eq. 1 writes (``w_F(y)`` is "the parameter weight for the class token y in the word
-embeddings"), and the packaged MiniLM, like every classifier bdcli saves, has no masked-LM head to use.
+By default ``h`` is scored directly against the tied input embeddings ``E``: no masked-LM transform,
+no decoder bias. That is what eq. 1 writes (``w_F(y)`` is "the parameter weight for the class token y in
+the word embeddings"), and the packaged MiniLM, like every classifier bdcli saves, has no masked-LM head
+to use. With an ``mlm_head`` (``models/mlm_head.py``: BERT's dense + activation + LayerNorm, the decoder
+tied to ``E``, a per-token bias) the scores are ``(E . t(h) + b) / T``, a masked LM's prediction at
+[MASK], as in the prompt-based fine-tuning GBA builds on (Gao et al. 2021).
 
 Saved form (``save_pretrained``): the encoder as a plain ``transformers`` folder (``config.json`` +
 ``model.safetensors``, loadable with ``AutoModel`` and no bdcli), whose config carries the prompt under
 ``bdcli_prompt`` (class tokens and their ids, width, split, temperature), and the template vectors in
-``prompt_template.safetensors`` (tensor ``template``, shape ``[width, hidden]``). ``load_classifier``
+``prompt_template.safetensors`` (tensor ``template``, shape ``[width, hidden]``); a model with a
+masked-LM head is format 2 and holds the head's own tensors in ``prompt_mlm_head.safetensors`` (an
+older bdcli refuses the format rather than score without the head). ``load_classifier``
 recognises the marker and returns this wrapper; nothing is unpickled and no remote code runs.
 """
 
@@ -39,7 +44,8 @@ from ..errors import BdcliError
 
 PROMPT_KEY = "bdcli_prompt"
 TEMPLATE_FILE = "prompt_template.safetensors"
-PROMPT_FORMAT = 1
+PROMPT_FORMAT = 1  # scored against E alone
+PROMPT_FORMAT_HEAD = 2  # scored through a masked-LM head
 
 
 @dataclass
@@ -107,6 +113,7 @@ class PromptClassifier(nn.Module):
         template: torch.Tensor,
         temperature: float = 1.0,
         class_tokens: Sequence[str] | None = None,
+        mlm_head: nn.Module | None = None,
     ):
         super().__init__()
         if temperature <= 0 or not math.isfinite(temperature):
@@ -120,6 +127,7 @@ class PromptClassifier(nn.Module):
         self.mask_token_id = int(mask_token_id)
         self.special_ids = [int(i) for i in special_ids]
         self.class_tokens = list(class_tokens) if class_tokens is not None else [str(i) for i in class_ids]
+        self.mlm_head = mlm_head
         self.register_buffer("class_ids", torch.tensor(list(class_ids), dtype=torch.long), persistent=False)
         self.register_buffer("_special", torch.tensor(self.special_ids, dtype=torch.long), persistent=False)
 
@@ -191,14 +199,19 @@ class PromptClassifier(nn.Module):
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_pos]  # [B, d]
         # Eq. 1 in fp32 even under bf16 autocast: a softmax over 30k rows is where bf16 loses the most.
         with torch.autocast(device_type=h.device.type, enabled=False):
-            scores = h.float() @ self.word_embeddings.weight.float().T / self.temperature
+            if self.mlm_head is not None:
+                scores = self.mlm_head(h.float()) / self.temperature
+            else:
+                scores = h.float() @ self.word_embeddings.weight.float().T / self.temperature
             logp = torch.log_softmax(scores, dim=-1)
         return PromptOutput(logp[:, self.class_ids], logp, word, text_mask)
 
     # --- saving ------------------------------------------------------------------------------------
     def prompt_record(self) -> dict:
-        return {
-            "format": PROMPT_FORMAT,
+        from .mlm_head import HEAD_FILE
+
+        rec = {
+            "format": PROMPT_FORMAT if self.mlm_head is None else PROMPT_FORMAT_HEAD,
             "class_tokens": self.class_tokens,
             "class_token_ids": self.class_ids.tolist(),
             "width": self.width,
@@ -209,6 +222,10 @@ class PromptClassifier(nn.Module):
             "template_file": TEMPLATE_FILE,
             "scoring": "h_[MASK] . E_w / T over the whole vocabulary, tied input embeddings, no MLM head (GBA eq. 1)",
         }
+        if self.mlm_head is not None:
+            rec["scoring"] = "(E_w . t(h_[MASK]) + b_w) / T over the whole vocabulary: BERT's masked-LM head, decoder tied to E"
+            rec["mlm_head_file"] = HEAD_FILE
+        return rec
 
     def save_pretrained(self, folder, safe_serialization: bool = True, **kwargs) -> None:
         from safetensors.torch import save_file
@@ -220,12 +237,18 @@ class PromptClassifier(nn.Module):
         self.encoder.config.num_labels = len(self.class_tokens)
         self.encoder.save_pretrained(folder, safe_serialization=True, **kwargs)
         save_file({"template": self.template.detach().float().cpu().contiguous()}, str(folder / TEMPLATE_FILE))
+        if self.mlm_head is not None:
+            from .mlm_head import HEAD_FILE
+
+            save_file(self.mlm_head.own_state(), str(folder / HEAD_FILE))
 
 
 def build_prompt_classifier(
-    encoder: nn.Module, tokenizer, class_tokens: Sequence[str], *, width: int, temperature: float, seed: int
+    encoder: nn.Module, tokenizer, class_tokens: Sequence[str], *, width: int, temperature: float, seed: int,
+    mlm_head: nn.Module | None = None,
 ) -> PromptClassifier:
-    """A fresh prompt classifier over ``encoder`` with a sampled template of ``width`` vectors."""
+    """A fresh prompt classifier over ``encoder`` with a sampled template of ``width`` vectors (scored
+    through ``mlm_head`` when one is given)."""
     if tokenizer.mask_token_id is None:
         raise BdcliError("the tokenizer has no [MASK] token, which the prompt model scores")
     ids = class_token_ids(tokenizer, class_tokens)
@@ -237,6 +260,7 @@ def build_prompt_classifier(
         template=sample_template(encoder, tokenizer, width, seed),
         temperature=temperature,
         class_tokens=class_tokens,
+        mlm_head=mlm_head,
     )
 
 
@@ -252,7 +276,7 @@ def load_prompt_classifier(folder: Path, config, label_names: list[str] | None):
     from .load import LoadedModel
 
     rec = getattr(config, PROMPT_KEY)
-    if rec.get("format") != PROMPT_FORMAT:
+    if rec.get("format") not in (PROMPT_FORMAT, PROMPT_FORMAT_HEAD):
         raise BdcliError(f"{folder} holds a prompt model of unknown format {rec.get('format')!r}")
     tokens, ids = list(rec["class_tokens"]), [int(i) for i in rec["class_token_ids"]]
     if label_names is not None and len(label_names) != len(ids):
@@ -283,9 +307,19 @@ def load_prompt_classifier(folder: Path, config, label_names: list[str] | None):
     check_finite(str(folder), encoder)
     if class_token_ids(tokenizer, tokens) != ids:
         raise BdcliError(f"{folder}: the class tokens {tokens} do not match the saved vocabulary ids {ids}")
+    encoder = encoder.float()
+    head = None
+    if rec["format"] == PROMPT_FORMAT_HEAD:
+        from .mlm_head import HEAD_FILE, MlmHead
+
+        head_path = folder / str(rec.get("mlm_head_file", ""))
+        if head_path.name != HEAD_FILE or not head_path.is_file():
+            raise BdcliError(f"{folder} is a prompt model scored through a masked-LM head, but the head ({HEAD_FILE}) is missing")
+        head = MlmHead(config, encoder.get_input_embeddings())
+        head.load_own_state(load_file(str(head_path)), str(head_path))
     model = PromptClassifier(
-        encoder.float(), ids, mask_token_id=int(rec["mask_token_id"]), special_ids=rec["special_ids"],
-        template=template, temperature=float(rec["temperature"]), class_tokens=tokens,
+        encoder, ids, mask_token_id=int(rec["mask_token_id"]), special_ids=rec["special_ids"],
+        template=template, temperature=float(rec["temperature"]), class_tokens=tokens, mlm_head=head,
     )
     n = len(ids)
     names = [config.id2label.get(i, str(i)) for i in range(n)] if getattr(config, "id2label", None) else [str(i) for i in range(n)]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..artifacts import read_manifest
-from .executor import Executor, Finished, Task
+from .executor import Executor, Task
 from .plan import Node, Plan, estimate_steps
 
 DONE, RUNNING, QUEUED, FAILED, SKIPPED = "done", "running", "queued", "failed", "skipped"

@@ -27,6 +27,8 @@ class GBAConfig(DefenseConfig):
     prompt_width: int = 2  # soft template tokens around [MASK]; 0 = no template (Table 12's PT)
     gba_optimizer: str = "adamw"  # "sgd": eq. 2's plain SGD step (no momentum)
     class_tokens: tuple[str, ...] | None = None  # one per label, in label order; None: Table 1's
+    # > 0: score [MASK] through a masked-LM head trained this many steps first (encoder frozen); 0: eq. 1
+    mlm_head_steps: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,8 +55,8 @@ DEFENSES.register("gba", display="GBA", order=90, version=2)(
         "gba",
         GBAConfig,
         "bdcli.defenses.gba:gba_defense",
-        "GBA: prompt-tune on clean data (soft template; the [MASK] state scored against the tied word embeddings, "
-        "no MLM head, over the whole vocabulary) while the gradient broadcast pulls every word embedding toward "
+        "GBA: prompt-tune on clean data (soft template; the [MASK] state scored against the tied word embeddings "
+        "over the whole vocabulary, or through a masked-LM head trained first with --mlm-head-steps) while the gradient broadcast pulls every word embedding toward "
         "the class tokens (eq. 3-4). Saves a prompt model that bdcli evaluate reads; paper setting: --clean-fraction 0.05.",
     )
 )
