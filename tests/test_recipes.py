@@ -91,6 +91,19 @@ def test_every_shipped_recipe_validates_and_expands(path, data_dir):
         assert plan.nodes, f"{path} ({profile}) expands to nothing"
 
 
+@pytest.mark.parametrize("path", [p for p in RECIPES if p.name != "tiny.yaml"],
+                         ids=[str(p.relative_to(REPO / "recipes")) for p in RECIPES if p.name != "tiny.yaml"])
+def test_every_shipped_recipe_spells_its_paper_numbers_as_the_report_names_its_data_sets(path):
+    """A paper key the report does not produce would leave "Ours" empty beside the paper's numbers
+    (tiny.yaml runs on a test folder of its own name)."""
+    from bdcli.recipes.schema import read_yaml
+    from bdcli.report.table import DATASET_NAMES
+
+    raw = read_yaml(path)
+    named = {DATASET_NAMES.get(d, d) for d in raw["datasets"]}
+    assert set(((raw.get("report") or {}).get("paper") or {})) <= named
+
+
 def test_baselines_recipe_reuses_the_quick_start_victims(data_dir):
     """The ablation recipe promises to run only its new defenses in a store of the quick start: its
     poison and attack steps, and its FT, FTH and Ours rows, must be the quick start's steps exactly."""
@@ -103,6 +116,36 @@ def test_baselines_recipe_reuses_the_quick_start_victims(data_dir):
     assert len(seed42) == 2 and seed42 <= qs_fps
     # The quick start plans seed 42 only; every step of it (FT, FTH and Ours included) is reused.
     assert qs_fps <= base_fps
+
+
+def test_gba_head_recipe_reuses_table2_and_counts_the_head_steps(data_dir):
+    """The head ablation promises to run only its GBA+head rows in a store of table2.yaml's cpu profile,
+    and its dry run counts the head's own training steps."""
+    from bdcli.recipes.plan import estimate_steps
+
+    t2 = expand(load_recipe(REPO / "recipes" / "gba" / "table2.yaml", "cpu"))
+    head = expand(load_recipe(REPO / "recipes" / "gba" / "mlm-head.yaml", None))
+    t2_fps = {n.fingerprint for n in t2.nodes.values()}
+    rest = [n for n in head.nodes.values() if "/GBA+head/" not in n.id]
+    assert len(rest) == 20 and {n.fingerprint for n in rest} <= t2_fps  # MR and HS, two seeds
+    steps = estimate_steps(head)
+    plain, with_head = steps["mr/BadNets/s1/GBA/defend"], steps["mr/BadNets/s1/GBA+head/defend"]
+    assert with_head == (plain[0] + 400, plain[1] + 400)
+
+
+def test_prune_ratio_recipe_reuses_the_baselines_and_counts_no_steps_for_prune_only(data_dir):
+    """In the cpu profile the sweep's victim is the quick start's, and its ratio-0.5 rows are
+    baselines-sst2.yaml's FP and FP-emb; a prune-only row trains nothing."""
+    from bdcli.recipes.plan import estimate_steps
+
+    sweep = expand(load_recipe(REPO / "recipes" / "maxent" / "figures6-8-prune-ratio.yaml", "cpu"))
+    base = expand(load_recipe(REPO / "recipes" / "maxent" / "baselines-sst2.yaml", "cpu"))
+    base_fps = {n.fingerprint for n in base.nodes.values()}
+    reused = [n.id for n in sweep.nodes.values() if n.fingerprint in base_fps]
+    assert len(reused) == 7  # poison, victim, its evaluation, FP 0.5 and FP-emb 0.5 with theirs
+    steps = estimate_steps(sweep)
+    assert steps["sst2/BadNets/s42/prune-only-emb 0.3/defend"] == (0, 0)
+    assert steps["sst2/BadNets/s42/FP-emb 0.3/defend"] == (66, 66)
 
 
 @pytest.fixture

@@ -178,6 +178,8 @@ def _training_steps(step: Step, n_rows: int) -> tuple[int, int]:
         frac = cfg.clean_fraction if cfg.clean_fraction is not None else SCENARIO_CLEAN_FRACTION.get(cfg.scenario or "outsourcing", 0.1)
         n_rows = max(1, round(frac * n_rows))
     main = cfg.max_steps or math.ceil(n_rows / cfg.batch_size) * cfg.epochs
+    if getattr(cfg, "retrain", True) is False:  # Fine-Pruning that only prunes
+        main = 0
     low = high = int(math.ceil(main))
     if hasattr(cfg, "maxent_max_steps"):  # a Stop Distance stage before the re-training
         low += int(getattr(cfg, "maxent_min_steps", 0) or 0)
@@ -185,4 +187,5 @@ def _training_steps(step: Step, n_rows: int) -> tuple[int, int]:
     if hasattr(cfg, "nad_teacher_epochs"):
         teacher = cfg.max_steps or math.ceil(n_rows / cfg.batch_size) * cfg.nad_teacher_epochs
         low, high = low + int(teacher), high + int(teacher)
-    return low, high
+    head = int(getattr(cfg, "mlm_head_steps", 0) or 0)  # GBA's masked-LM head, trained first
+    return low + head, high + head

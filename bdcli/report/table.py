@@ -64,7 +64,8 @@ def attack_order() -> list[str]:
 
 CLEAN = "Clean"  # column for records evaluated on clean data only (attack null)
 
-DATASET_NAMES = {"sst2": "SST-2", "ag_news": "AG", "agnews": "AG"}
+# The papers' spelling of each data set, which recipes' paper numbers use.
+DATASET_NAMES = {"sst2": "SST-2", "ag_news": "AG", "agnews": "AG", "mr": "MR", "hsol": "HS", "yelp": "Yelp"}
 
 ACC, ASR = "ACC", "ASR"
 DELTA = ("Δ", "")
