@@ -21,7 +21,16 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "docs" / "figures"
 sys.path.insert(0, str(REPO))
+
+
+def _shown(path: Path) -> str:
+    """The folder as a rerun would name it: relative to the repository where it lies inside it."""
+    try:
+        return shlex.quote(str(path.resolve().relative_to(REPO)))
+    except ValueError:
+        return shlex.quote(str(path))
 
 
 def cpu_model() -> str:
@@ -37,7 +46,7 @@ def cpu_model() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run folders (a maxent output, a probe-sd folder, a recipe store, ...)")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "figures")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--recipe", type=Path, default=None, help="the recipe of a store, for its swept option")
     ap.add_argument("--note", action="append", default=[], help="a line for the README (how the runs were made)")
     args = ap.parse_args(argv)
@@ -71,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Figures", "",
         "Drawn by `scripts/figures.py` (the same code as `bdcli report --out FOLDER`); rerun it to regenerate them.", "",
         f"- command: `python scripts/figures.py {' '.join(shlex.quote(str(r)) for r in args.runs)}"
-        + (f" --recipe {args.recipe}" if args.recipe else "") + "`",
+        + (f" --recipe {args.recipe}" if args.recipe else "")
+        + (f" --out {_shown(args.out)}" if args.out.resolve() != DEFAULT_OUT.resolve() else "") + "`",
         f"- drawn: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {u.system} {u.release} {u.machine}; CPU: {cpu_model()}, {os.cpu_count()} cores",
         f"- versions: bdcli {__version__}, torch {torch.__version__}, matplotlib {matplotlib.__version__}, "
