@@ -133,6 +133,16 @@ def test_gba_head_recipe_reuses_table2_and_counts_the_head_steps(data_dir):
     assert with_head == (plain[0] + 400, plain[1] + 400)
 
 
+def test_gba_step_size_recipe_reuses_table2s_victims_and_writes_the_trigger_rmse(data_dir):
+    t2 = expand(load_recipe(REPO / "recipes" / "gba" / "table2.yaml", "cpu"))
+    sweep = expand(load_recipe(REPO / "recipes" / "gba" / "step-size.yaml", None))
+    t2_fps = {n.fingerprint for n in t2.nodes.values()}
+    shared = sorted(n.id for n in sweep.nodes.values() if n.fingerprint in t2_fps)
+    assert shared == sorted(f"mr/BadNets/s{s}/{k}" for s in (1, 2) for k in ("poison", "attack", "GBA/defend"))
+    evals = [n for n in sweep.nodes.values() if n.step.kind == "evaluate"]
+    assert evals and all(tuple(n.step.config.trigger_rmse) == ("cf", "mn", "bb", "tq", "mb") for n in evals)
+
+
 def test_prune_ratio_recipe_reuses_the_baselines_and_counts_no_steps_for_prune_only(data_dir):
     """In the cpu profile the sweep's victim is the quick start's, and its ratio-0.5 rows are
     baselines-sst2.yaml's FP and FP-emb; a prune-only row trains nothing."""
