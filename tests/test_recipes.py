@@ -338,3 +338,91 @@ def test_dry_run_counts_done_steps_and_writes_nothing(reference, tiny_encoder, s
                           text=True, timeout=300)
     assert proc.returncode == 0 and "0 already done, 14 to run" in proc.stdout
     assert not fresh.exists()
+
+
+# ------------------------------------------------------------------------------------- the archive
+
+
+def _report_cells(path: Path) -> list[dict]:
+    res = bdcli("report", path, "--format", "json")
+    return json.loads(res.stdout)["cells"]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_archive_reports_what_its_store_reports_without_weights_or_data(reference, tmp_path):
+    dest = tmp_path / "archive"
+    res = bdcli("archive", reference, dest)
+    assert "14 finished steps" in res.stderr and "14 new" in res.stderr
+    names = {Path(p).name for p in _tree(dest)}
+    assert names <= {"plan.json", "manifest.json", "metrics.json"}
+    assert not any(p.suffix in (".safetensors", ".jsonl") for p in dest.rglob("*"))
+    assert _report_cells(dest) == _report_cells(reference)
+    # Archiving the same store again changes nothing.
+    before = _tree(dest)
+    assert "0 new, 0 replaced, 14 already there" in bdcli("archive", reference, dest).stderr
+    assert _tree(dest) == before
+
+
+def test_an_archive_grows_by_a_later_seed_and_refuses_other_numbers_for_a_step(reference, tmp_path):
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(reference, store, ignore=shutil.ignore_patterns("*.safetensors", "*.jsonl"))
+    full_plan = (store / "plan.json").read_text()
+    plan = json.loads(full_plan)
+    plan["nodes"] = [n for n in plan["nodes"] if "/s1/" in n["id"]]
+    plan["resolved"]["seeds"] = [1]
+    (store / "plan.json").write_text(json.dumps(plan))
+    dest = tmp_path / "archive"
+    assert "7 new" in bdcli("archive", store, dest).stderr
+    assert {c["n"] for c in _report_cells(dest) if c["n"] is not None} == {1}
+
+    (store / "plan.json").write_text(full_plan)  # the second seed's run
+    assert "7 new, 0 replaced, 7 already there" in bdcli("archive", store, dest).stderr
+    assert _report_cells(dest) == _report_cells(reference)
+    assert json.loads((dest / "plan.json").read_text())["resolved"]["seeds"] == [1, 2]
+
+    # The same step with other numbers (another machine): refused, nothing written; --replace takes it.
+    node = next(n for n in plan["nodes"] if n["step"]["kind"] == "evaluate")
+    metrics = store / node["folder"] / "metrics.json"
+    m = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**m, "acc": 0.0}))
+    before = _tree(dest)
+    res = bdcli("archive", store, dest, ok=False)
+    assert res.exit_code == 1 and "pass --replace" in res.output and node["id"] in res.output
+    assert _tree(dest) == before
+    assert "1 replaced" in bdcli("archive", store, dest, "--replace").stderr
+    assert json.loads((dest / node["folder"] / "metrics.json").read_text())["acc"] == 0.0
+
+
+def test_an_archive_takes_one_recipe_and_needs_a_store(reference, tmp_path):
+    dest = tmp_path / "archive"
+    bdcli("archive", reference, dest)
+    plan = json.loads((dest / "plan.json").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "plan.json").write_text(json.dumps({**plan, "recipe": "another"}))
+    res = bdcli("archive", other, dest, ok=False)
+    assert res.exit_code == 2 and "archive each recipe into its own folder" in res.output
+    res = bdcli("archive", tmp_path, tmp_path / "x", ok=False)
+    assert res.exit_code == 2 and "no plan.json" in res.output and not (tmp_path / "x").exists()
+
+
+def test_per_seed_lists_each_model_and_its_mean_is_the_tables(reference):
+    rows = json.loads(bdcli("report", reference, "--per-seed", "--format", "json").stdout)
+    assert len(rows) == 6 and {r["Seed"] for r in rows} == {"1", "2"}
+    assert [r["Method"] for r in rows] == ["Victim", "Victim", "FT", "FT", "Ours", "Ours"]
+    cells = {(c["method"], c["metric"]): c["mean"] for c in _report_cells(reference) if c["attack"] == "BadNets"}
+    for method in ("Victim", "FT", "Ours"):
+        mine = [r for r in rows if r["Method"] == method]
+        for metric in ("ACC", "ASR"):
+            assert abs(sum(r[metric] for r in mine) / 2 - cells[(method, metric)]) < 0.006
+    # The small data set names its labels 0 and 1; every row triggered (GBA appendix B.2).
+    assert all({"ASR_c 0", "ASR_c 1"} <= set(r) and r["ASR_c rows"] == "every" and r["Steps"] for r in rows)
+    text = bdcli("report", reference, "--per-seed").stdout
+    assert text.startswith("| Dataset | Attack | Method | Seed | ACC | ASR |")
+    res = bdcli("report", reference, "--per-seed", "--out", str(reference / "folder"), ok=False)
+    assert res.exit_code == 2 and "--per-seed writes one table" in res.output

@@ -356,6 +356,7 @@ def report(
     tolerance: float = typer.Option(1.0, "--tolerance", help="Allowed drift for --compare, in percentage points."),
     no_plots: bool = typer.Option(False, "--no-plots", help="With --out FOLDER: write the tables only, no figures (matplotlib not needed)."),
     title: Optional[str] = typer.Option(None, "--title", help="Title of the report page (default: the recipe's name or 'bdcli report')."),
+    per_seed: bool = typer.Option(False, "--per-seed", help="One line per evaluated model instead of means: data set, attack, method, seed, ACC, ASR, ASR_c of each class, training steps."),
 ) -> None:
     """Gather metrics.json files into the papers' table layout: ACC/ASR per attack and method, the Δ
     column (mean ASR drop against the victim), best in bold and second best underlined.
@@ -374,6 +375,13 @@ def report(
 
         if fmt not in FORMATS and fmt not in ("rich", "json"):
             raise UsageError(f"unknown format {fmt!r}; use one of {', '.join([*FORMATS, 'json', 'rich'])}")
+        if per_seed:
+            if compare is not None or recipe is not None:
+                raise UsageError("--per-seed lists each model's numbers: it takes no --compare or --recipe")
+            if out is not None and (out.is_dir() or not out.suffix):
+                raise UsageError("--per-seed writes one table: give --out a file name with a suffix, e.g. seeds.md")
+            _write_text(_per_seed_text(collect(list(paths)), fmt), out)
+            return
         paper = None
         doc = {}
         if recipe is not None:
@@ -411,14 +419,52 @@ def report(
             text = render(table, fmt)
             if paper:
                 text += "\n" + render_comparison(paper_comparison(table, paper), fmt)
-        if out is None:
-            typer.echo(text)
-            return
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, out)
-        typer.echo(f"wrote {out}", err=True)
+        _write_text(text, out)
+
+
+def _per_seed_text(records: list, fmt: str) -> str:
+    from ..report.compare import render_flat
+    from ..report.seeds import seed_numbers, seed_table
+
+    frame = seed_table(records)
+    if fmt == "json":
+        return frame.to_json(orient="records", indent=2, force_ascii=False) + "\n"
+    return render_flat(frame, "markdown" if fmt == "rich" else fmt, seed_numbers(frame))
+
+
+def _write_text(text: str, out: Optional[Path]) -> None:
+    if out is None:
+        typer.echo(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, out)
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("archive")
+def archive(
+    store: Path = typer.Argument(..., help="A recipe store: the --out folder of bdcli run."),
+    dest: Path = typer.Argument(..., help="The archive folder; created, or extended if it holds the same recipe."),
+    replace: bool = typer.Option(False, "--replace", help="Take the store's files where the archive holds other numbers for the same step."),
+) -> None:
+    """Copy a recipe store's results without model weights or data (its plan, and each finished step's
+    manifest, metrics, trigger RMSE, geometry and dynamics): a folder small enough to commit, that
+    bdcli report reads like the store. Archiving a later run of the same recipe (more seeds, in a fresh
+    store) into the same folder extends it.
+
+    Example: bdcli run recipes/gba/table2.yaml --profile cpu --out runs/gba; bdcli archive runs/gba
+    docs/results/gba-table2; bdcli report docs/results/gba-table2 --recipe recipes/gba/table2.yaml
+    """
+    with guard():
+        from ..recipes.archive import archive_store
+
+        s = archive_store(store, dest, replace=replace)
+        typer.echo(f"archived {s.steps} finished steps of {store} into {dest}: {len(s.new)} new, "
+                   f"{len(s.replaced)} replaced, {len(s.kept)} already there"
+                   + (f"; {len(s.unfinished)} planned steps are not finished and were left out" if s.unfinished else ""),
+                   err=True)
 
 
 _register_components()

@@ -61,13 +61,19 @@ def paper_comparison(table: pd.DataFrame, paper: dict[str, Any]) -> pd.DataFrame
 
 
 def render_comparison(frame: pd.DataFrame, fmt: str) -> str:
+    return render_flat(frame, fmt, ("Ours", "±", "Paper", "Diff"))
+
+
+def render_flat(frame: pd.DataFrame, fmt: str, numbers: tuple[str, ...]) -> str:
+    """A plain frame (no marks, one header row) in ``fmt``; ``numbers`` are printed with 2 decimals, NaN empty."""
     if frame.empty:
         return ""
     if fmt == "csv":
         return frame.to_csv(index=False, float_format="%.2f", lineterminator="\n")
     text = frame.copy()
-    for col in ("Ours", "±", "Paper", "Diff"):
-        text[col] = text[col].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    for col in numbers:
+        if col in text:
+            text[col] = text[col].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     if fmt == "latex":
         return text.to_latex(index=False)
     if fmt == "html":

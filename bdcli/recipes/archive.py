@@ -1,0 +1,118 @@
+"""A recipe store's results without its weights and data, small enough to commit.
+
+A store holds model weights and poisoned data sets (hundreds of MB a step) and lives on the machine that
+ran it. ``bdcli archive STORE DEST`` copies what the report and its figures read: the store's
+``plan.json`` and, for each finished step of that plan, its manifest (config, inputs, versions, the
+training summary) and the small results beside it (metrics, trigger RMSE, geometry, dynamics). So
+``bdcli report DEST --recipe R`` regenerates a table on any machine, and a later run of the same recipe
+(more seeds, another data set, in a fresh store) is archived into the same DEST to extend it: the plans
+are merged, steps already there are kept, and a step whose file differs from the archived one (the same
+fingerprint with other numbers: another thread count or machine) is refused unless ``replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BdcliError, UsageError
+
+PLAN = "plan.json"
+# What a report, its figures and a reader checking provenance need; never weights, data or tokenizers.
+KEPT = ("manifest.json", "metrics.json", "trigger_rmse.json", "geometry.json", "probe.json", "dynamics.csv")
+
+
+@dataclass
+class ArchiveSummary:
+    steps: int = 0  # finished steps of the plan found in the store
+    new: list[str] = field(default_factory=list)  # node ids whose files were copied
+    kept: list[str] = field(default_factory=list)  # node ids already archived, identical
+    replaced: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)  # planned, no manifest in the store
+
+
+def _read_plan(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BdcliError(f"{path} is not a readable plan: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
+        raise BdcliError(f"{path} is not a bdcli run plan (no 'nodes' list)")
+    return doc
+
+
+def _merge_plans(old: dict[str, Any], new: dict[str, Any], where: Path) -> dict[str, Any]:
+    if old.get("recipe") != new.get("recipe"):
+        raise UsageError(
+            f"{where} holds recipe {old.get('recipe')!r}, not {new.get('recipe')!r}: archive each recipe into its own folder"
+        )
+    known = {n["fingerprint"] for n in old["nodes"]}
+    nodes = old["nodes"] + [n for n in new["nodes"] if n["fingerprint"] not in known]
+    resolved = dict(new.get("resolved") or {})
+    seeds = [*((old.get("resolved") or {}).get("seeds") or []), *(resolved.get("seeds") or [])]
+    if seeds:
+        resolved["seeds"] = sorted(set(seeds), key=seeds.index)  # every seed the archive now holds
+    return {**new, "resolved": resolved, "nodes": nodes}
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # a kill mid-copy leaves the old file or the new one, never half of one
+
+
+def archive_store(store: Path, dest: Path, replace: bool = False) -> ArchiveSummary:
+    """Copy ``store``'s plan and its finished steps' small files into ``dest`` (see the module doc).
+
+    Every conflict is found before anything is written, so a refused archive leaves ``dest`` as it was."""
+    store, dest = Path(store), Path(dest)
+    if not (store / PLAN).is_file():
+        raise UsageError(f"{store} is not a recipe store: it has no {PLAN} (bdcli run --out writes one)")
+    if dest.resolve() == store.resolve():
+        raise UsageError("the archive must be another folder than the store")
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest} exists and is not a folder")
+    plan = _read_plan(store / PLAN)
+    merged = _merge_plans(_read_plan(dest / PLAN), plan, dest) if (dest / PLAN).exists() else plan
+
+    summary = ArchiveSummary()
+    copies: list[tuple[Path, bytes]] = []
+    conflicts: list[str] = []
+    for node in plan["nodes"]:
+        folder = node.get("folder")
+        if not folder or not (store / folder / "manifest.json").is_file():
+            summary.unfinished.append(node.get("id", "?"))
+            continue
+        summary.steps += 1
+        changed = differs = False
+        for name in KEPT:
+            src = store / folder / name
+            if not src.is_file():
+                continue
+            data, target = src.read_bytes(), dest / folder / name
+            if target.exists():
+                if target.read_bytes() == data:
+                    continue
+                differs = True
+                if not replace:
+                    conflicts.append(f"{node['id']} ({name})")
+                    continue
+            copies.append((target, data))
+            changed = True
+        if changed:
+            (summary.replaced if differs else summary.new).append(node["id"])
+        else:
+            summary.kept.append(node["id"])
+    if conflicts:
+        raise BdcliError(
+            f"{dest} already holds other results for {len(conflicts)} of these steps, e.g. {conflicts[0]} "
+            "(same fingerprint, other numbers: another thread count or machine); pass --replace to take the new ones"
+        )
+    for target, data in copies:
+        _write(target, data)
+    _write(dest / PLAN, (json.dumps(merged, indent=1) + "\n").encode("utf-8"))
+    return summary
