@@ -390,3 +390,26 @@ def test_compare_exits_1_when_a_number_drifts(tmp_path):
     assert bdcli("report", tmp_path / "runs", "--compare", expected, "--tolerance", "3").exit_code == 0
     paper = paper_comparison(build_table(records), {"SST-2": {"FT": {"BadNets": [90.53, 98.57]}}})
     assert list(paper["Diff"]) == [pytest.approx(88.0 - 90.53), pytest.approx(50.0 - 98.57)]
+
+
+def test_per_seed_gives_each_model_its_asr_c_and_trigger_rmse(tmp_path):
+    def rmse(v: float) -> dict:
+        return {"cf": {"terrible": v, "good": v + 0.02}, "mn": {"terrible": v, "good": v}}
+
+    write(tmp_path, "victim", record("victim", "badnets", 0.9, 1.0, seed=1, dataset="mr",
+                                     asr_c={"negative": 0.0, "positive": 1.0}, asr_c_rows="every"))
+    write(tmp_path, "gba2", record("gba", "badnets", 0.6, 0.05, seed=2, dataset="mr", label="GBA",
+                                   asr_c={"negative": 0.7, "positive": 0.05}, asr_c_rows="every", cost={"steps": 42}))
+    write(tmp_path, "gba1", record("gba", "badnets", 0.8, 0.25, seed=1, dataset="mr", label="GBA",
+                                   asr_c={"negative": 0.2, "positive": 0.25}, asr_c_rows="every", cost={"steps": 42}))
+    (tmp_path / "gba1" / "trigger_rmse.json").write_text(json.dumps({"triggers": rmse(0.2), "after": rmse(0.2),
+                                                                     "before": rmse(0.1)}))
+    rows = json.loads(bdcli("report", tmp_path, "--per-seed", "--format", "json").stdout)
+    assert [(r["Method"], r["Seed"]) for r in rows] == [("Victim", "1"), ("GBA", "1"), ("GBA", "2")]
+    gba1 = rows[1]
+    assert gba1["ACC"] == pytest.approx(80.0) and gba1["ASR_c negative"] == pytest.approx(20.0)
+    assert gba1["RMSE before"] == pytest.approx(0.105) and gba1["RMSE after"] == pytest.approx(0.205)
+    assert rows[2]["RMSE after"] is None and rows[2]["Steps"] == 42  # no trigger_rmse.json there
+    md = bdcli("report", tmp_path, "--per-seed").stdout.splitlines()
+    assert md[0].endswith("| RMSE before | RMSE after |")
+    assert md[3] == "| MR | BadNets | GBA | 1 | 80.00 | 25.00 | 20.00 | 25.00 | every | 42 | 0.10500 | 0.20500 |"

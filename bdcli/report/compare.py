@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -61,19 +61,20 @@ def paper_comparison(table: pd.DataFrame, paper: dict[str, Any]) -> pd.DataFrame
 
 
 def render_comparison(frame: pd.DataFrame, fmt: str) -> str:
-    return render_flat(frame, fmt, ("Ours", "±", "Paper", "Diff"))
+    return render_flat(frame, fmt, dict.fromkeys(("Ours", "±", "Paper", "Diff"), 2))
 
 
-def render_flat(frame: pd.DataFrame, fmt: str, numbers: tuple[str, ...]) -> str:
-    """A plain frame (no marks, one header row) in ``fmt``; ``numbers`` are printed with 2 decimals, NaN empty."""
+def render_flat(frame: pd.DataFrame, fmt: str, numbers: Mapping[str, int]) -> str:
+    """A plain frame (no marks, one header row) in ``fmt``; ``numbers`` maps each numeric column to its
+    decimals (NaN printed empty)."""
     if frame.empty:
         return ""
-    if fmt == "csv":
-        return frame.to_csv(index=False, float_format="%.2f", lineterminator="\n")
     text = frame.copy()
-    for col in numbers:
+    for col, places in numbers.items():
         if col in text:
-            text[col] = text[col].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+            text[col] = text[col].map(lambda v, p=places: "" if pd.isna(v) else f"{v:.{p}f}")
+    if fmt == "csv":
+        return text.to_csv(index=False, lineterminator="\n")
     if fmt == "latex":
         return text.to_latex(index=False)
     if fmt == "html":

@@ -3,12 +3,16 @@
 A mean over seeds hides what a reader of a backdoor table most needs to see: one seed whose low ASR comes
 with a collapse to the other label. Beside ACC and ASR this view gives GBA's per-class ASR_c (a share of
 triggered rows predicted as each class; ``ASR_c rows`` says over which rows the evaluation took it:
-``every`` test row triggered, GBA appendix B.2, or the ``non-target`` ones) and the training steps.
+``every`` test row triggered, GBA appendix B.2, or the ``non-target`` ones), the training steps, and,
+where the evaluation wrote ``trigger_rmse.json`` (GBA Figure 3), the RMSE from the triggers' embeddings
+to the class tokens', averaged over both, before the defense (the victim's) and after it.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
@@ -16,6 +20,7 @@ import pandas as pd
 from .table import DATASET_NAMES, METHOD_ORDER, attack_display, attack_order, method_display
 
 NUMBERS = ("ACC", "ASR")
+RMSE_BEFORE, RMSE_AFTER = "RMSE before", "RMSE after"
 
 
 def seed_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -40,9 +45,15 @@ def seed_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         if classes:
             row["ASR_c rows"] = r.get("asr_c_rows") or ""
         row["Steps"] = (r.get("cost") or {}).get("steps", "")
+        row.update(_rmse(Path(r.get("path", "")).parent / "trigger_rmse.json"))
         rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
         row["_key"] = (attacks.index(attack) if attack in attacks else len(attacks), rank)
         rows.append(row)
+    if any(RMSE_AFTER in r for r in rows):
+        for r in rows:
+            after = r.pop(RMSE_AFTER, math.nan)
+            r[RMSE_BEFORE] = r.pop(RMSE_BEFORE, math.nan)
+            r[RMSE_AFTER] = after
     datasets = list(dict.fromkeys(r["Dataset"] for r in rows))
     labels = list(dict.fromkeys(r["Method"] for r in rows))
     # Data set, attack and method in the papers' order (first seen after the known ones), then the seed.
@@ -53,8 +64,29 @@ def seed_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seed_numbers(frame: pd.DataFrame) -> tuple[str, ...]:
-    return NUMBERS + tuple(c for c in frame.columns if c.startswith("ASR_c ") and c != "ASR_c rows")
+def seed_numbers(frame: pd.DataFrame) -> dict[str, int]:
+    """Each numeric column and its decimals: percentages to 2, RMSEs to 5 (GBA's Figure 3 moves are small)."""
+    cols = {c: 2 for c in frame.columns if c in NUMBERS or (c.startswith("ASR_c ") and c != "ASR_c rows")}
+    return {**cols, RMSE_BEFORE: 5, RMSE_AFTER: 5}
+
+
+def _rmse(path: Path) -> dict[str, float]:
+    """Mean trigger-to-class-token RMSE of each section of ``trigger_rmse.json`` (none if absent)."""
+    if not path.is_file():
+        return {}
+    from ..errors import BdcliError
+    from .plots import rmse_sections
+
+    try:
+        sections = rmse_sections(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BdcliError(f"{path} is not a readable JSON file: {e}") from None
+    out = {}
+    for name, column in (("before", RMSE_BEFORE), ("after", RMSE_AFTER), ("", RMSE_AFTER)):
+        values = [v for by_class in sections.get(name, {}).values() for v in by_class.values()]
+        if values:
+            out[column] = sum(values) / len(values)
+    return out
 
 
 def _seed_key(seed: str) -> tuple[int, Any]:
