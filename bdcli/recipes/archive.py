@@ -49,8 +49,9 @@ def _merge_plans(old: dict[str, Any], new: dict[str, Any], where: Path) -> dict[
         raise UsageError(
             f"{where} holds recipe {old.get('recipe')!r}, not {new.get('recipe')!r}: archive each recipe into its own folder"
         )
-    known = {n["fingerprint"] for n in old["nodes"]}
-    nodes = old["nodes"] + [n for n in new["nodes"] if n["fingerprint"] not in known]
+    # The latest plan's order first (the report reads steps in plan order), then what only the archive had.
+    known = {n["fingerprint"] for n in new["nodes"]}
+    nodes = new["nodes"] + [n for n in old["nodes"] if n["fingerprint"] not in known]
     resolved = dict(new.get("resolved") or {})
     seeds = [*((old.get("resolved") or {}).get("seeds") or []), *(resolved.get("seeds") or [])]
     if seeds:
