@@ -61,6 +61,10 @@ def paper_comparison(table: pd.DataFrame, paper: dict[str, Any]) -> pd.DataFrame
 
 
 def render_comparison(frame: pd.DataFrame, fmt: str) -> str:
+    """The cells both sides report; a paper cell not measured here (a partial run of a large table) is
+    left out of the text, and kept in the JSON form with n 0."""
+    if not frame.empty:
+        frame = frame[frame["n"] > 0]
     return render_flat(frame, fmt, dict.fromkeys(("Ours", "±", "Paper", "Diff"), 2))
 
 
