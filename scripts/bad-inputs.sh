@@ -67,3 +67,15 @@ try defend fine-pruning --model minilm --data sst2 --prune-ratio 1.5
 try evaluate --model ./missing --data sst2
 try evaluate --model minilm --data sst2
 try defend unknown-defense --model minilm --data sst2
+
+# bdcli archive takes two folders (no --out): a folder that is no store, and a store whose plan is broken.
+archive() {
+  printf '\n$ bdcli archive %s\n' "$*"
+  "$B" archive "$@" >/dev/null 2>"$W/err"
+  local rc=$?
+  sed 's/^/  /' "$W/err" | head -5
+  printf '  -> exit %s, archive left: %s\n' "$rc" "$([ -e "${@: -1}" ] && echo yes || echo no)"
+}
+mkdir -p "$W/not-a-store" "$W/broken-store" && printf '{"nodes": ' > "$W/broken-store/plan.json"
+archive "$W/not-a-store" "$W/arch1"
+archive "$W/broken-store" "$W/arch2"

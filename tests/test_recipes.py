@@ -409,6 +409,10 @@ def test_an_archive_takes_one_recipe_and_needs_a_store(reference, tmp_path):
     assert res.exit_code == 2 and "archive each recipe into its own folder" in res.output
     res = bdcli("archive", tmp_path, tmp_path / "x", ok=False)
     assert res.exit_code == 2 and "no plan.json" in res.output and not (tmp_path / "x").exists()
+    # A hostile plan cannot make the archive read or write outside the step folders.
+    (other / "plan.json").write_text(json.dumps({**plan, "nodes": [{**plan["nodes"][0], "folder": "steps/../../x"}]}))
+    res = bdcli("archive", other, tmp_path / "y", ok=False)
+    assert res.exit_code == 1 and "steps/<hash> folder" in res.output and not (tmp_path / "y").exists()
 
 
 def test_per_seed_lists_each_model_and_its_mean_is_the_tables(reference):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from ..errors import BdcliError, UsageError
 
 PLAN = "plan.json"
+STEP_FOLDER = re.compile(r"steps/[0-9a-f]{8,64}")
 # What a report, its figures and a reader checking provenance need; never weights, data or tokenizers.
 KEPT = ("manifest.json", "metrics.json", "trigger_rmse.json", "geometry.json", "probe.json", "dynamics.csv")
 
@@ -41,6 +43,11 @@ def _read_plan(path: Path) -> dict[str, Any]:
         raise BdcliError(f"{path} is not a readable plan: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
         raise BdcliError(f"{path} is not a bdcli run plan (no 'nodes' list)")
+    for node in doc["nodes"]:
+        # A plan names the folders files are copied from and to: only the store's own step folders.
+        if not (isinstance(node, dict) and isinstance(node.get("id"), str) and isinstance(node.get("fingerprint"), str)
+                and (node.get("folder") is None or STEP_FOLDER.fullmatch(str(node["folder"])))):
+            raise BdcliError(f"{path} is not a bdcli run plan: a node without an id, a fingerprint or a steps/<hash> folder")
     return doc
 
 
