@@ -117,7 +117,7 @@ def archive_store(store: Path, dest: Path, replace: bool = False) -> ArchiveSumm
             summary.kept.append(node["id"])
     if conflicts:
         raise BdcliError(
-            f"{dest} already holds other results for {len(conflicts)} of these steps, e.g. {conflicts[0]} "
+            f"{dest} already holds other results in {len(conflicts)} files of these steps, e.g. {conflicts[0]} "
             "(same fingerprint, other numbers: another thread count or machine); pass --replace to take the new ones"
         )
     for target, data in copies:
