@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from .table import DATASET_NAMES, METHOD_ORDER, attack_display, attack_order, method_display
+from .table import attack_order, method_rank, record_names
 
 NUMBERS = ("ACC", "ASR")
 RMSE_BEFORE, RMSE_AFTER = "RMSE before", "RMSE after"
@@ -27,14 +27,11 @@ def seed_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     records = list(records)
     classes = list(dict.fromkeys(c for r in records for c in (r.get("asr_c") or {})))
     attacks = attack_order()
-    rows = []
+    rows, keys = [], []
     for r in records:
-        method = r.get("method") or ""
-        attack = attack_display(r["attack"]) if r.get("attack") else "Clean"
+        dataset, attack, label = record_names(r)
         row = {
-            "Dataset": DATASET_NAMES.get(r.get("dataset") or "", r.get("dataset") or "?"),
-            "Attack": attack,
-            "Method": r.get("label") or method_display(method),
+            "Dataset": dataset, "Attack": attack, "Method": label or "",
             "Seed": "" if r.get("seed") is None else str(r["seed"]),
             "ACC": 100 * r["acc"],
             "ASR": math.nan if r.get("asr") is None else 100 * r["asr"],
@@ -46,22 +43,14 @@ def seed_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             row["ASR_c rows"] = r.get("asr_c_rows") or ""
         row["Steps"] = (r.get("cost") or {}).get("steps", "")
         row.update(_rmse(Path(r.get("path", "")).parent / "trigger_rmse.json"))
-        rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-        row["_key"] = (attacks.index(attack) if attack in attacks else len(attacks), rank)
         rows.append(row)
-    if any(RMSE_AFTER in r for r in rows):
-        for r in rows:
-            after = r.pop(RMSE_AFTER, math.nan)
-            r[RMSE_BEFORE] = r.pop(RMSE_BEFORE, math.nan)
-            r[RMSE_AFTER] = after
+        keys.append((attacks.index(attack) if attack in attacks else len(attacks), method_rank(r.get("method"))))
     datasets = list(dict.fromkeys(r["Dataset"] for r in rows))
     labels = list(dict.fromkeys(r["Method"] for r in rows))
     # Data set, attack and method in the papers' order (first seen after the known ones), then the seed.
-    rows.sort(key=lambda r: (datasets.index(r["Dataset"]), r["_key"][0], r["_key"][1], labels.index(r["Method"]),
-                             _seed_key(r["Seed"])))
-    for r in rows:
-        del r["_key"]
-    return pd.DataFrame(rows)
+    order = sorted(range(len(rows)), key=lambda i: (datasets.index(rows[i]["Dataset"]), *keys[i],
+                                                    labels.index(rows[i]["Method"]), _seed_key(rows[i]["Seed"])))
+    return pd.DataFrame([rows[i] for i in order])
 
 
 def seed_numbers(frame: pd.DataFrame) -> dict[str, int]:
@@ -81,12 +70,13 @@ def _rmse(path: Path) -> dict[str, float]:
         sections = rmse_sections(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BdcliError(f"{path} is not a readable JSON file: {e}") from None
-    out = {}
-    for name, column in (("before", RMSE_BEFORE), ("after", RMSE_AFTER), ("", RMSE_AFTER)):
-        values = [v for by_class in sections.get(name, {}).values() for v in by_class.values()]
-        if values:
-            out[column] = sum(values) / len(values)
-    return out
+
+    def mean(section: dict[str, dict[str, float]] | None) -> float:
+        values = [v for by_class in (section or {}).values() for v in by_class.values()]
+        return sum(values) / len(values) if values else math.nan
+
+    # Both columns, in this order, for every row with a file: the victim's own file has no "before".
+    return {RMSE_BEFORE: mean(sections.get("before")), RMSE_AFTER: mean(sections.get("after") or sections.get(""))}
 
 
 def _seed_key(seed: str) -> tuple[int, Any]:

@@ -210,11 +210,9 @@ def _group_rows(records: list[dict[str, Any]]) -> list[_Row]:
     for rec in records:
         _check(rec, _where(rec))
         method = rec.get("method")
-        label = rec.get("label") or (method_display(method) if method else None)
+        dataset, attack, label = record_names(rec)
         if not label:
             raise BdcliError(f"{_where(rec)} has neither 'method' nor 'label'")
-        dataset = DATASET_NAMES.get(rec.get("dataset") or "", rec.get("dataset") or "?")
-        attack = attack_display(rec["attack"]) if rec.get("attack") else CLEAN
         # The victims of different attacks make one row, as in the papers' tables, whatever their labels.
         key = (dataset, "\0victim") if method == "victim" else (dataset, label)
         row = rows.setdefault(key, _Row(dataset, label, method or ""))
@@ -238,6 +236,19 @@ def _group_rows(records: list[dict[str, Any]]) -> list[_Row]:
         row.cells[attack] = (_mean([x.acc for x in samples]), _mean([x.asr for x in samples]))
         row.paths[attack] = _where(rec)
     return list(rows.values())
+
+
+def record_names(rec: dict[str, Any]) -> tuple[str, str, str | None]:
+    """A record's data set, attack and row label as the tables print them (the papers' spelling)."""
+    method = rec.get("method")
+    dataset = DATASET_NAMES.get(rec.get("dataset") or "", rec.get("dataset") or "?")
+    attack = attack_display(rec["attack"]) if rec.get("attack") else CLEAN
+    return dataset, attack, rec.get("label") or (method_display(method) if method else None)
+
+
+def method_rank(method: str | None) -> int:
+    """Baselines first, in the papers' order (METHOD_ORDER); every other method after them."""
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def _mean(values: list[float]) -> float:
@@ -275,8 +286,7 @@ def _row_sort_key(rows: list[_Row], datasets: list[str]) -> Callable[[_Row], tup
     first_seen = {id(r): i for i, r in enumerate(rows)}
 
     def key(r: _Row) -> tuple[int, int, int]:
-        rank = METHOD_ORDER.index(r.method) if r.method in METHOD_ORDER else len(METHOD_ORDER)
-        return datasets.index(r.dataset), rank, first_seen[id(r)]
+        return datasets.index(r.dataset), method_rank(r.method), first_seen[id(r)]
 
     return key
 
