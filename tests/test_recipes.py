@@ -415,6 +415,32 @@ def test_an_archive_takes_one_recipe_and_needs_a_store(reference, tmp_path):
     assert res.exit_code == 1 and "steps/<hash> folder" in res.output and not (tmp_path / "y").exists()
 
 
+def test_runs_of_subsets_in_one_store_leave_a_plan_naming_every_step(reference, tiny_encoder, small_sst2, tmp_path):
+    """Runs of one recipe with --only (a column at a time) fill one store; its plan.json must name the
+    steps of every run, or an archive taken after the last run would lose the earlier columns."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(reference, store, ignore=shutil.ignore_patterns("*.safetensors", "*.jsonl"))
+    (store / "plan.json").unlink()
+    for only in ("*/BadNets/s2/*", "*/BadNets/s1/*"):
+        proc = subprocess.run(_run_argv(tiny_encoder, small_sst2, store, "--only", only), env=_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "0 steps ran, 7 reused" in proc.stderr, proc.stderr
+    ids = [n["id"] for n in json.loads((store / "plan.json").read_text())["nodes"]]
+    assert len(ids) == len(set(ids)) == 14
+    # The latest run's steps first (the report's row order), then the earlier run's.
+    assert all("/s1/" in i for i in ids[:7]) and all("/s2/" in i for i in ids[7:])
+    assert "14 new" in bdcli("archive", store, tmp_path / "archive").stderr
+    # Another recipe's run in the same store replaces the plan, as before (an archive takes one recipe).
+    plan = json.loads((store / "plan.json").read_text())
+    (store / "plan.json").write_text(json.dumps({**plan, "recipe": "another"}))
+    proc = subprocess.run(_run_argv(tiny_encoder, small_sst2, store, "--only", "*/BadNets/s1/*"), env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads((store / "plan.json").read_text())["nodes"]) == 7
+
+
 def test_per_seed_lists_each_model_and_its_mean_is_the_tables(reference):
     rows = json.loads(bdcli("report", reference, "--per-seed", "--format", "json").stdout)
     assert len(rows) == 6 and {r["Seed"] for r in rows} == {"1", "2"}

@@ -36,7 +36,7 @@ class ArchiveSummary:
     unfinished: list[str] = field(default_factory=list)  # planned, no manifest in the store
 
 
-def _read_plan(path: Path) -> dict[str, Any]:
+def read_plan(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -51,7 +51,7 @@ def _read_plan(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _merge_plans(old: dict[str, Any], new: dict[str, Any], where: Path) -> dict[str, Any]:
+def merge_plans(old: dict[str, Any], new: dict[str, Any], where: Path) -> dict[str, Any]:
     if old.get("recipe") != new.get("recipe"):
         raise UsageError(
             f"{where} holds recipe {old.get('recipe')!r}, not {new.get('recipe')!r}: archive each recipe into its own folder"
@@ -84,8 +84,8 @@ def archive_store(store: Path, dest: Path, replace: bool = False) -> ArchiveSumm
         raise UsageError("the archive must be another folder than the store")
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} exists and is not a folder")
-    plan = _read_plan(store / PLAN)
-    merged = _merge_plans(_read_plan(dest / PLAN), plan, dest) if (dest / PLAN).exists() else plan
+    plan = read_plan(store / PLAN)
+    merged = merge_plans(read_plan(dest / PLAN), plan, dest) if (dest / PLAN).exists() else plan
 
     summary = ArchiveSummary()
     copies: list[tuple[Path, bytes]] = []

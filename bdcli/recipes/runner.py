@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..artifacts import read_manifest
+from ..errors import BdcliError
+from .archive import PLAN, merge_plans, read_plan
 from .executor import Executor, Task
 from .plan import Node, Plan, estimate_steps
 
@@ -42,7 +44,11 @@ def is_done(out: Path, node: Node) -> bool:
 
 
 def write_plan(plan: Plan, out: Path) -> None:
-    """``plan.json``: every node with its step, fingerprint, folder and the cells it serves."""
+    """``plan.json``: every node with its step, fingerprint, folder and the cells it serves.
+
+    A store that already holds a plan of the same recipe keeps its nodes after the new ones: runs of
+    one recipe with ``--only`` subsets or more seeds fill one store, and its plan (which ``bdcli
+    archive`` and the report's row order read) must name all of them, not only the last run's."""
     out.mkdir(parents=True, exist_ok=True)
     doc = {
         "recipe": plan.recipe.name,
@@ -52,9 +58,16 @@ def write_plan(plan: Plan, out: Path) -> None:
                    "deps": n.deps, "cells": n.cells, "aliases": n.aliases, "step": n.step.to_json()}
                   for n in plan.nodes.values()],
     }
+    doc = json.loads(json.dumps(doc, default=str))
+    try:
+        earlier = read_plan(out / PLAN) if (out / PLAN).is_file() else None
+    except BdcliError:
+        earlier = None  # not a plan this tool wrote: the new one takes its place
+    if earlier is not None and earlier.get("recipe") == doc["recipe"]:
+        doc = merge_plans(earlier, doc, out)
     tmp = out / ".plan.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(out / "plan.json")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out / PLAN)
 
 
 def describe_plan(plan: Plan, out: Path | None) -> str:
