@@ -413,3 +413,37 @@ def test_per_seed_gives_each_model_its_asr_c_and_trigger_rmse(tmp_path):
     md = bdcli("report", tmp_path, "--per-seed").stdout.splitlines()
     assert md[0].endswith("| RMSE before | RMSE after |")
     assert md[3] == "| MR | BadNets | GBA | 1 | 80.00 | 25.00 | 20.00 | 25.00 | every | 42 | 0.10500 | 0.20500 |"
+
+
+# ------------------------------------------------------------------------ victims at chance level
+
+
+def test_a_victim_at_chance_is_named_with_its_seeds_and_a_trained_one_is_not() -> None:
+    from bdcli.report.health import untrained_victims
+
+    records = [record("victim", "ripple", 0.4992, 1.0, seed=s) for s in (2, 1)]
+    records += [record("victim", "badnets", 0.8565, 0.9982, seed=1), record("ft", "ripple", 0.5177, 0.9993, seed=1)]
+    lines = untrained_victims(records)
+    assert len(lines) == 1
+    assert lines[0].startswith("the SST-2 RIPPLe victim never learned its task (clean ACC seed 1: 49.92, seed 2: 49.92;")
+    # The margin: 5 points above 1/k. A four-label set at 30% is chance, at 31% it is not.
+    ag = [record("victim", "badnets", 0.30, 1.0, dataset="agnews"), record("victim", "ripple", 0.31, 1.0, dataset="agnews")]
+    assert [line.split(" victim")[0] for line in untrained_victims(ag)] == ["the AG BadNets"]
+
+
+def test_an_unknown_data_set_counts_its_labels_from_asr_c() -> None:
+    from bdcli.report.health import label_count
+
+    three = {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert label_count(record("victim", "badnets", 0.3, 1.0, dataset="mine", asr_c=three, asr_c_rows="every")) == 3
+    assert label_count(record("victim", "badnets", 0.3, 1.0, dataset="mine", asr_c=three, asr_c_rows="non-target")) is None
+
+
+def test_report_warns_on_stderr_and_in_the_report_folder(tmp_path: Path) -> None:
+    write(tmp_path / "runs", "v", record("victim", "ripple", 0.4992, 1.0, seed=1))
+    write(tmp_path / "runs", "ft", record("ft", "ripple", 0.7232, 0.9989, seed=1))
+    res = bdcli("report", tmp_path / "runs")
+    assert "warning: the SST-2 RIPPLe victim never learned its task" in res.stderr
+    assert "never learned" not in res.stdout  # the table itself stays the measured numbers
+    bdcli("report", tmp_path / "runs", "--out", tmp_path / "page", "--no-plots")
+    assert "- the SST-2 RIPPLe victim never learned its task" in (tmp_path / "page" / "report.md").read_text()

@@ -299,9 +299,19 @@ def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: 
         except BdcliError as e:  # the numbers are in; a figure that cannot be drawn must not fail the run
             typer.echo(f"figures not drawn: {e}", err=True)
         typer.echo(write_report(build_table(records), folder, title=title, paper=rec.report.get("paper"), meta=meta,
-                                notes=rec.notes, figures=figures))
+                                notes=[*rec.notes, *_warn_untrained(records)], figures=figures))
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _warn_untrained(records: list) -> list[str]:
+    """Print a warning for each victim that never learned its task; the sentences, for the report's notes."""
+    from ..report.health import untrained_victims
+
+    lines = untrained_victims(records)
+    for line in lines:
+        typer.echo(f"warning: {line}", err=True)
+    return lines
 
 
 def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, title: str, plots: bool) -> None:
@@ -320,7 +330,8 @@ def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, tit
             raise
         records = []  # figure inputs only (a probe, a dynamics table): a page of figures, no table
     figures = draw_figures(paths, out / "figures", records=records, recipe=recipe) if plots else []
-    text = write_report(build_table(records) if records else None, out, title=title, paper=paper, figures=figures)
+    text = write_report(build_table(records) if records else None, out, title=title, paper=paper, figures=figures,
+                        notes=_warn_untrained(records))
     typer.echo(text)
     typer.echo(f"wrote {out / 'report.html'}" + (f" with {len(figures)} figure(s) in {out / 'figures'}" if figures else ""),
                err=True)
@@ -380,7 +391,9 @@ def report(
                 raise UsageError("--per-seed lists each model's numbers: it takes no --compare or --recipe")
             if out is not None and (out.is_dir() or not out.suffix):
                 raise UsageError("--per-seed writes one table: give --out a file name with a suffix, e.g. seeds.md")
-            _write_text(_per_seed_text(collect(list(paths)), fmt), out)
+            records = collect(list(paths))
+            _warn_untrained(records)
+            _write_text(_per_seed_text(records, fmt), out)
             return
         paper = None
         doc = {}
@@ -392,7 +405,9 @@ def report(
         if out is not None and compare is None and (out.is_dir() or not out.suffix):
             _report_folder(list(paths), out, recipe, paper, title or str(doc.get("name") or "bdcli report"), not no_plots)
             return
-        table = build_table(collect(list(paths)))
+        records = collect(list(paths))
+        _warn_untrained(records)
+        table = build_table(records)
         if compare is not None:
             from ..report import drift
 
