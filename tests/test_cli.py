@@ -70,7 +70,10 @@ def test_victim_learned_the_backdoor(chain):
 
 def test_report_prints_the_paper_layout_from_the_metrics(chain):
     res = bdcli("report", chain / "eval", "--format", "csv")
-    lines = res.output.strip().splitlines()
+    lines = res.stdout.strip().splitlines()
+    # The tiny victim may not learn its task in its few steps; the report says so on stderr, never in the table.
+    victim_acc = json.loads((chain / "eval" / "victim" / "metrics.json").read_text())["acc"]
+    assert ("victim never learned its task" in res.stderr) == (victim_acc <= 0.55)
     # One seed per cell, so no std columns; the cost columns come from the models' manifests.
     assert lines[0] == "Method,BadNets ACC,BadNets ASR,Δ,Cost steps,Cost s"
     rows = {line.split(",")[0]: line.split(",")[1:] for line in lines[1:]}
@@ -82,7 +85,7 @@ def test_report_prints_the_paper_layout_from_the_metrics(chain):
     v = json.loads((chain / "eval" / "victim" / "metrics.json").read_text())["asr"]
     ft = json.loads((chain / "eval" / "ft" / "metrics.json").read_text())["asr"]
     assert float(rows["FT"][2]) == pytest.approx(100 * (v - ft), abs=0.006)
-    md = bdcli("report", chain / "eval").output
+    md = bdcli("report", chain / "eval").stdout
     assert md.startswith("| Method") and "**" in md
 
 
