@@ -314,6 +314,15 @@ def _warn_untrained(records: list) -> list[str]:
     return lines
 
 
+def _collect_warned(paths: list[Path]) -> list:
+    """The records under ``paths``, after a warning for each victim among them that never learned its task."""
+    from ..report import collect
+
+    records = collect(list(paths))
+    _warn_untrained(records)
+    return records
+
+
 def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, title: str, plots: bool) -> None:
     """``bdcli report ... --out FOLDER``: tables, figures and the one-page HTML report in FOLDER."""
     from ..errors import BdcliError
@@ -379,7 +388,7 @@ def report(
 
     Example: bdcli report runs/ --format markdown; bdcli report runs/store --recipe R.yaml --out runs/store
     """
-    from ..report import FORMATS, build_table, collect, render, rich_table
+    from ..report import FORMATS, build_table, render, rich_table
 
     with guard():
         from ..errors import BdcliError, UsageError
@@ -391,9 +400,7 @@ def report(
                 raise UsageError("--per-seed lists each model's numbers: it takes no --compare or --recipe")
             if out is not None and (out.is_dir() or not out.suffix):
                 raise UsageError("--per-seed writes one table: give --out a file name with a suffix, e.g. seeds.md")
-            records = collect(list(paths))
-            _warn_untrained(records)
-            _write_text(_per_seed_text(records, fmt), out)
+            _write_text(_per_seed_text(_collect_warned(paths), fmt), out)
             return
         paper = None
         doc = {}
@@ -405,9 +412,7 @@ def report(
         if out is not None and compare is None and (out.is_dir() or not out.suffix):
             _report_folder(list(paths), out, recipe, paper, title or str(doc.get("name") or "bdcli report"), not no_plots)
             return
-        records = collect(list(paths))
-        _warn_untrained(records)
-        table = build_table(records)
+        table = build_table(_collect_warned(paths))
         if compare is not None:
             from ..report import drift
 
