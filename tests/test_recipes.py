@@ -441,6 +441,41 @@ def test_runs_of_subsets_in_one_store_leave_a_plan_naming_every_step(reference, 
     assert len(json.loads((store / "plan.json").read_text())["nodes"]) == 7
 
 
+def test_a_cell_rerun_with_other_settings_supersedes_its_steps_and_those_that_read_them(
+        reference, tiny_encoder, small_sst2, tmp_path):
+    """A column rerun with another attack budget (the RIPPLe victim that never learned its task) must
+    leave one victim per cell in the store and in its archive, and no defense row of the old victim."""
+    import shutil
+
+    dest = tmp_path / "archive"
+    bdcli("archive", reference, dest)
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    old = {n["id"]: n for n in json.loads((store / "plan.json").read_text())["nodes"]}
+    proc = subprocess.run(_run_argv(tiny_encoder, small_sst2, store, "--only", "*/BadNets/s1/victim",
+                                    "--set", "attacks.BadNets.attack.max_steps=10"),
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "reruns 6 steps of an earlier run" in proc.stderr
+    nodes = json.loads((store / "plan.json").read_text())["nodes"]
+    ids = [n["id"] for n in nodes]
+    assert len(ids) == len(set(ids)) == 10  # s1's poison, attack and victim evaluation, and all of s2
+    s1 = {i.rsplit("/", 1)[1] for i in ids if "/s1/" in i}
+    assert s1 == {"poison", "attack", "eval-victim"}
+    new_attack = next(n for n in nodes if n["id"].endswith("s1/attack"))
+    assert new_attack["fingerprint"] != old[new_attack["id"]]["fingerprint"]
+    assert new_attack["step"]["config"]["max_steps"] == 10
+    cells = {(c["method"], c["metric"]): c["n"] for c in _report_cells(store)}
+    assert cells[("Victim", "ASR")] == 2 and cells[("FT", "ASR")] == cells[("Ours", "ASR")] == 1
+
+    res = bdcli("archive", store, dest)
+    assert "2 new, 0 replaced, 8 already there, 6 earlier steps superseded" in res.stderr
+    for gone in ("attack", "FT/defend", "Ours/eval"):
+        assert not (dest / next(n for i, n in old.items() if i.endswith(f"/s1/{gone}"))["folder"]).exists()
+    assert len(list((dest / "steps").iterdir())) == 10
+    assert _report_cells(dest) == _report_cells(store)
+
+
 def test_per_seed_lists_each_model_and_its_mean_is_the_tables(reference):
     rows = json.loads(bdcli("report", reference, "--per-seed", "--format", "json").stdout)
     assert len(rows) == 6 and {r["Seed"] for r in rows} == {"1", "2"}

@@ -472,7 +472,9 @@ def archive(
     """Copy a recipe store's results without model weights or data (its plan, and each finished step's
     manifest, metrics, trigger RMSE, geometry and dynamics): a folder small enough to commit, that
     bdcli report reads like the store. Archiving a later run of the same recipe (more seeds, in a fresh
-    store) into the same folder extends it.
+    store) into the same folder extends it; where that run reran a cell with other settings (a column's
+    attack budget changed), its steps supersede the archived ones, which leave the archive with every step
+    that read them.
 
     Example: bdcli run recipes/gba/table2.yaml --profile cpu --out runs/gba; bdcli archive runs/gba
     docs/results/gba-table2; bdcli report docs/results/gba-table2 --recipe recipes/gba/table2.yaml
@@ -483,6 +485,7 @@ def archive(
         s = archive_store(store, dest, replace=replace)
         typer.echo(f"archived {s.steps} finished steps of {store} into {dest}: {len(s.new)} new, "
                    f"{len(s.replaced)} replaced, {len(s.kept)} already there"
+                   + (f", {len(s.superseded)} earlier steps superseded (e.g. {s.superseded[0]})" if s.superseded else "")
                    + (f"; {len(s.unfinished)} planned steps are not finished and were left out" if s.unfinished else ""),
                    err=True)
 

@@ -33,6 +33,7 @@ class ArchiveSummary:
     new: list[str] = field(default_factory=list)  # node ids whose files were copied
     kept: list[str] = field(default_factory=list)  # node ids already archived, identical
     replaced: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)  # archived node ids the store's plan reran with other settings
     unfinished: list[str] = field(default_factory=list)  # planned, no manifest in the store
 
 
@@ -51,19 +52,33 @@ def read_plan(path: Path) -> dict[str, Any]:
     return doc
 
 
-def merge_plans(old: dict[str, Any], new: dict[str, Any], where: Path) -> dict[str, Any]:
+def merge_plans(old: dict[str, Any], new: dict[str, Any], where: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The new plan's nodes, then the old plan's that it does not hold; and the old nodes it supersedes.
+
+    A node of the old plan is superseded when the new plan holds its id with another fingerprint (the same
+    cell rerun with other settings or newer code), and so is every old node that read a superseded one:
+    kept, they would put one victim's row beside defenses of another, or two victims in one cell."""
     if old.get("recipe") != new.get("recipe"):
         raise UsageError(
             f"{where} holds recipe {old.get('recipe')!r}, not {new.get('recipe')!r}: archive each recipe into its own folder"
         )
-    # The latest plan's order first (the report reads steps in plan order), then what only the archive had.
     known = {n["fingerprint"] for n in new["nodes"]}
-    nodes = new["nodes"] + [n for n in old["nodes"] if n["fingerprint"] not in known]
+    earlier = [n for n in old["nodes"] if n["fingerprint"] not in known]
+    ids = {n["id"] for n in new["nodes"]}
+    stale = {n["id"] for n in earlier if n["id"] in ids}
+    grew = True
+    while grew:
+        more = {n["id"] for n in earlier if n["id"] not in stale and stale.intersection(n.get("deps") or ())}
+        stale |= more
+        grew = bool(more)
+    superseded = [n for n in earlier if n["id"] in stale]
+    # The latest plan's order first (the report reads steps in plan order), then what only the old plan had.
+    nodes = new["nodes"] + [n for n in earlier if n["id"] not in stale]
     resolved = dict(new.get("resolved") or {})
     seeds = [*((old.get("resolved") or {}).get("seeds") or []), *(resolved.get("seeds") or [])]
     if seeds:
         resolved["seeds"] = sorted(set(seeds), key=seeds.index)  # every seed the archive now holds
-    return {**new, "resolved": resolved, "nodes": nodes}
+    return {**new, "resolved": resolved, "nodes": nodes}, superseded
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -85,7 +100,7 @@ def archive_store(store: Path, dest: Path, replace: bool = False) -> ArchiveSumm
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} exists and is not a folder")
     plan = read_plan(store / PLAN)
-    merged = merge_plans(read_plan(dest / PLAN), plan, dest) if (dest / PLAN).exists() else plan
+    merged, superseded = merge_plans(read_plan(dest / PLAN), plan, dest) if (dest / PLAN).exists() else (plan, [])
 
     summary = ArchiveSummary()
     copies: list[tuple[Path, bytes]] = []
@@ -123,4 +138,14 @@ def archive_store(store: Path, dest: Path, replace: bool = False) -> ArchiveSumm
     for target, data in copies:
         _write(target, data)
     _write(dest / PLAN, (json.dumps(merged, indent=1) + "\n").encode("utf-8"))
+    # The plan no longer names them: their files go too, so that a committed archive holds what it reports.
+    summary.superseded = [n["id"] for n in superseded]
+    in_use = {n.get("folder") for n in merged["nodes"]}
+    for folder in {n.get("folder") for n in superseded} - in_use - {None}:
+        for name in KEPT:
+            (dest / folder / name).unlink(missing_ok=True)
+        try:
+            (dest / folder).rmdir()
+        except OSError:
+            pass  # something else lives there; never remove what the archive did not write
     return summary

@@ -43,12 +43,14 @@ def is_done(out: Path, node: Node) -> bool:
     return bool(m) and m.get("fingerprint") == node.fingerprint
 
 
-def write_plan(plan: Plan, out: Path) -> None:
+def write_plan(plan: Plan, out: Path) -> list[str]:
     """``plan.json``: every node with its step, fingerprint, folder and the cells it serves.
 
     A store that already holds a plan of the same recipe keeps its nodes after the new ones: runs of
     one recipe with ``--only`` subsets or more seeds fill one store, and its plan (which ``bdcli
-    archive`` and the report's row order read) must name all of them, not only the last run's."""
+    archive`` and the report's row order read) must name all of them, not only the last run's. Returns
+    the ids of earlier nodes the new plan supersedes (see ``merge_plans``): their folders stay on disk,
+    unnamed, so that going back to the earlier settings reuses them."""
     out.mkdir(parents=True, exist_ok=True)
     doc = {
         "recipe": plan.recipe.name,
@@ -63,11 +65,13 @@ def write_plan(plan: Plan, out: Path) -> None:
         earlier = read_plan(out / PLAN) if (out / PLAN).is_file() else None
     except BdcliError:
         earlier = None  # not a plan this tool wrote: the new one takes its place
+    superseded: list[dict] = []
     if earlier is not None and earlier.get("recipe") == doc["recipe"]:
-        doc = merge_plans(earlier, doc, out)
+        doc, superseded = merge_plans(earlier, doc, out)
     tmp = out / ".plan.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(out / PLAN)
+    return [n["id"] for n in superseded]
 
 
 def describe_plan(plan: Plan, out: Path | None) -> str:
@@ -103,7 +107,7 @@ def describe_plan(plan: Plan, out: Path | None) -> str:
 def run_plan(plan: Plan, out: Path, executor: Executor, *, on_event: Callable[[str], None] | None = None,
              live: bool = False, timeout_s: float | None = None) -> RunSummary:
     out = Path(out)
-    write_plan(plan, out)
+    superseded = write_plan(plan, out)
     start = time.monotonic()
     status = {id: (DONE if is_done(out, n) else QUEUED) for id, n in plan.nodes.items()}
     reused = [id for id, s in status.items() if s == DONE]
@@ -114,6 +118,9 @@ def run_plan(plan: Plan, out: Path, executor: Executor, *, on_event: Callable[[s
             children[d].append(node.id)
     started: dict[str, float] = {}
     say = on_event or (lambda msg: None)
+    if superseded:
+        say(f"note     this run reruns {len(superseded)} steps of an earlier run in {out} with other settings "
+            f"(e.g. {superseded[0]}); the store's plan and its report take the new ones")
     view = _LiveView(plan, status, executor, out) if live else None
 
     def skip_descendants(id: str) -> None:

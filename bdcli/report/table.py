@@ -109,22 +109,26 @@ def _metrics_files(path: Path) -> list[Path]:
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
         if METRICS_FILE in names:
             found.append(Path(folder) / METRICS_FILE)
-    return sorted(found, key=_plan_order(path))
+    rank = _plan_rank(path)
+    if rank:
+        # A store keeps the folders of steps its plan superseded (a cell rerun with other settings), so
+        # that going back reuses them; the plan names the current ones, and only those are results.
+        found = [f for f in found if str(f) in rank]
+    return sorted(found, key=lambda f: (rank.get(str(f), len(rank)), str(f)))
 
 
-def _plan_order(root: Path) -> Callable[[Path], tuple[int, str]]:
+def _plan_rank(root: Path) -> dict[str, int]:
     """A recipe store or archive (``plan.json`` at its root) is read in the plan's order, so rows come in
     the recipe's order of defenses as in ``bdcli run``'s own report, not in the order of hashed folder
-    names; anything the plan does not name follows, sorted."""
-    rank: dict[str, int] = {}
+    names. Empty where there is no plan of ours: every file is read, sorted by path."""
     plan = root / "plan.json"
-    if plan.is_file():
-        try:
-            nodes = json.loads(plan.read_text(encoding="utf-8")).get("nodes") or []
-            rank = {str((root / n["folder"] / METRICS_FILE)): i for i, n in enumerate(nodes) if n.get("folder")}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, KeyError):
-            rank = {}  # not our plan: plain sorted order
-    return lambda f: (rank.get(str(f), len(rank)), str(f))
+    if not plan.is_file():
+        return {}
+    try:
+        nodes = json.loads(plan.read_text(encoding="utf-8")).get("nodes") or []
+        return {str((root / n["folder"] / METRICS_FILE)): i for i, n in enumerate(nodes) if n.get("folder")}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, KeyError):
+        return {}  # not our plan
 
 
 def _load(file: Path) -> dict[str, Any]:
