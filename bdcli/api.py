@@ -286,7 +286,7 @@ def evaluate(
     """ACC on the clean test split; ASR and per-class ASR on ``test-poison`` when the data has one."""
     from .engine import forward_all, resolve_device, seed_everything
     from .engine.batching import encode
-    from .metrics import accuracy, asr_per_class, attack_success_rate
+    from .metrics import accuracy, asr_per_class, attack_success_rate, label_shares
     from .models import load_classifier
 
     model_path = _model_input(model)
@@ -318,6 +318,9 @@ def evaluate(
             "asr": None,
             "asr_c": {},
             "n_clean": len(test),
+            # What always predicting one label scores, so that a report can tell a victim at chance on an
+            # imbalanced set (HS) from one that learned its task.
+            "label_shares": label_shares(test.labels, corpus.label_names),
             "n_poison": 0,
             # Models written before bdcli told clean fine-tunes apart call them victims of attack "clean".
             "method": "clean" if prov.get("method") == "victim" and prov.get("attack") in (None, "clean")

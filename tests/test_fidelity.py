@@ -71,6 +71,8 @@ def test_evaluate_measures_asr_c_on_every_triggered_row(tiny_encoder, small_sst2
     m = json.loads((runs / "eval" / "metrics.json").read_text())
     assert m["asr_c_rows"] == "every" and m["n_poison_all"] == 200 and m["n_poison"] == 100
     assert set(m["asr_c"]) == {"0", "1"}  # the small folder's label names
+    # 100 of the 200 test rows are not of the target label: the split's label shares are recorded.
+    assert m["label_shares"] == {"0": 0.5, "1": 0.5}
 
 
 # --- fine-pruning: the embeddings, per-sample importance --------------------------------------------

@@ -431,6 +431,20 @@ def test_a_victim_at_chance_is_named_with_its_seeds_and_a_trained_one_is_not() -
     assert [line.split(" victim")[0] for line in untrained_victims(ag)] == ["the AG BadNets"]
 
 
+def test_on_an_imbalanced_set_chance_is_the_majority_labels_share() -> None:
+    from bdcli.report.health import untrained_victims
+
+    # HS: 83% of the test rows are toxic, so a victim that calls every row toxic scores 83, far above 1/2.
+    shares = {"clean": 0.17, "toxic": 0.83}
+    lazy = record("victim", "badnets", 0.8301, 1.0, dataset="hsol", seed=1, label_shares=shares)
+    trained = record("victim", "ripple", 0.9451, 1.0, dataset="hsol", seed=1, label_shares=shares)
+    lines = untrained_victims([lazy, trained])
+    assert len(lines) == 1 and "BadNets" in lines[0]
+    assert "(clean ACC seed 1: 83.01; always predicting its most frequent label, toxic, gives 83.00)" in lines[0]
+    # Evaluations written before the label shares were recorded fall back to 1/k.
+    assert untrained_victims([{**lazy, "label_shares": None}]) == []
+
+
 def test_an_unknown_data_set_counts_its_labels_from_asr_c() -> None:
     from bdcli.report.health import label_count
 

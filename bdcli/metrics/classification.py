@@ -34,3 +34,10 @@ def asr_per_class(preds: Sequence[int], orig_labels: Sequence[int], label_names:
         if rows:
             out[name] = sum(int(p == c) for p in rows) / len(rows)
     return out
+
+
+def label_shares(labels: Sequence[int], label_names: Sequence[str]) -> dict[str, float]:
+    """Each label's share of a split: the ACC of a model that always predicts that label."""
+    if not labels:
+        raise ValueError("label shares of an empty set")
+    return {name: sum(int(y == c) for y in labels) / len(labels) for c, name in enumerate(label_names)}

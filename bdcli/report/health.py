@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-# A victim within this many points of 1/k clean ACC is no better than guessing on a balanced set.
+# A victim within this many points of the chance level (below) has not learned its task.
 CHANCE_MARGIN = 0.05
 
 
@@ -27,25 +27,38 @@ def label_count(rec: dict[str, Any]) -> int | None:
     return None
 
 
+def chance_level(rec: dict[str, Any]) -> tuple[float, str] | None:
+    """The clean ACC a model gets without learning the task, and how: always predicting the test split's
+    most frequent label where the evaluation recorded the label shares (an imbalanced set such as HS
+    sits far above 1/k), else guessing one of the data set's k labels."""
+    shares = rec.get("label_shares")
+    if isinstance(shares, dict) and shares and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in shares.values()):
+        name, top = max(shares.items(), key=lambda kv: kv[1])
+        return float(top), f"always predicting its most frequent label, {name}, gives {100 * top:.2f}"
+    k = label_count(rec)
+    if not k:
+        return None
+    return 1 / k, f"guessing one of {k} labels gives {100 / k:.0f}"
+
+
 def untrained_victims(records: Iterable[dict[str, Any]]) -> list[str]:
     """One sentence per (data set, attack) whose victim is at chance clean ACC on some seed."""
     from .table import record_names
 
-    found: dict[tuple[str, str], list[tuple[Any, float, int]]] = {}
+    found: dict[tuple[str, str], list[tuple[Any, float, str]]] = {}
     for rec in records:
-        k = label_count(rec)
+        chance = chance_level(rec)
         acc = rec.get("acc")
-        if rec.get("method") != "victim" or not k or not isinstance(acc, (int, float)):
+        if rec.get("method") != "victim" or chance is None or not isinstance(acc, (int, float)):
             continue
-        if acc <= 1 / k + CHANCE_MARGIN:
+        if acc <= chance[0] + CHANCE_MARGIN:
             dataset, attack, _ = record_names(rec)
-            found.setdefault((dataset, attack), []).append((rec.get("seed"), acc, k))
+            found.setdefault((dataset, attack), []).append((rec.get("seed"), acc, chance[1]))
     lines = []
     for (dataset, attack), cells in found.items():
-        k = cells[0][2]
         seeds = ", ".join(f"seed {s}: {100 * a:.2f}" if s is not None else f"{100 * a:.2f}"
                           for s, a, _ in sorted(cells, key=lambda c: (c[0] is None, c[0] or 0)))
-        lines.append(f"the {dataset} {attack} victim never learned its task (clean ACC {seeds}; guessing one of "
-                     f"{k} labels gives {100 / k:.0f}): its ASR is free and its column's defense rows measure "
-                     "no backdoor removal")
+        lines.append(f"the {dataset} {attack} victim never learned its task (clean ACC {seeds}; {cells[0][2]}): "
+                     "its ASR is free and its column's defense rows measure no backdoor removal")
     return lines
