@@ -385,6 +385,20 @@ def test_an_archive_grows_by_a_later_seed_and_refuses_other_numbers_for_a_step(r
     assert _report_cells(dest) == _report_cells(reference)
     assert json.loads((dest / "plan.json").read_text())["resolved"]["seeds"] == [1, 2]
 
+    # The same step run again in another store, later, by newer code and at another speed made the same
+    # thing: kept as archived, not a conflict.
+    trained = next(n for n in plan["nodes"] if n["step"]["kind"] == "attack")
+    manifest = store / trained["folder"] / "manifest.json"
+    archived = (dest / trained["folder"] / "manifest.json").read_bytes()
+    assert f"{reference}/steps/" in manifest.read_text()  # it names the steps it read by their store path
+    rerun = json.loads(manifest.read_text().replace(str(reference), "/elsewhere/store"))
+    rerun.update(started="2030-01-01T00:00:00+00:00", finished="2030-01-01T00:01:00+00:00")
+    rerun["versions"]["git_commit"] = "f" * 40
+    rerun["summary"]["training"]["seconds"] *= 3
+    manifest.write_text(json.dumps(rerun))
+    assert "0 new, 0 replaced, 14 already there" in bdcli("archive", store, dest).stderr
+    assert (dest / trained["folder"] / "manifest.json").read_bytes() == archived
+
     # The same step with other numbers (another machine): refused, nothing written; --replace takes it.
     node = next(n for n in plan["nodes"] if n["step"]["kind"] == "evaluate")
     metrics = store / node["folder"] / "metrics.json"

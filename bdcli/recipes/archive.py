@@ -7,7 +7,9 @@ training summary) and the small results beside it (metrics, trigger RMSE, geomet
 ``bdcli report DEST --recipe R`` regenerates a table on any machine, and a later run of the same recipe
 (more seeds, another data set, in a fresh store) is archived into the same DEST to extend it: the plans
 are merged, steps already there are kept, and a step whose file differs from the archived one (the same
-fingerprint with other numbers: another thread count or machine) is refused unless ``replace``.
+fingerprint with other numbers: another thread count or machine) is refused unless ``replace``. A step
+that only ran again (a deterministic poison step a fresh store redoes) differs in when, where and how fast
+it ran, not in what it made: those files count as the same and the archived ones stay.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from ..errors import BdcliError, UsageError
 PLAN = "plan.json"
 STEP_FOLDER = re.compile(r"steps/[0-9a-f]{8,64}")
 # What a report, its figures and a reader checking provenance need; never weights, data or tokenizers.
+# Keys that say when, where or how fast a step ran: a rerun that made the same thing differs only in these.
+RUN_ONLY = frozenset({"started", "finished", "git_commit", "seconds", "samples_per_s", "resumed_from"})
+STORE_PATH = re.compile(r"^.*/(steps/[0-9a-f]{8,64})$")
 KEPT = ("manifest.json", "metrics.json", "trigger_rmse.json", "geometry.json", "probe.json", "dynamics.csv")
 
 
@@ -81,6 +86,29 @@ def merge_plans(old: dict[str, Any], new: dict[str, Any], where: Path) -> tuple[
     return {**new, "resolved": resolved, "nodes": nodes}, superseded
 
 
+def _what_it_made(value: Any) -> Any:
+    """A result file's JSON less ``RUN_ONLY`` keys, with store paths cut to their step folder."""
+    if isinstance(value, dict):
+        return {k: _what_it_made(v) for k, v in value.items() if k not in RUN_ONLY}
+    if isinstance(value, list):
+        return [_what_it_made(v) for v in value]
+    if isinstance(value, str):
+        return STORE_PATH.sub(r"\1", value)
+    return value
+
+
+def same_result(name: str, archived: bytes, new: bytes) -> bool:
+    """Whether two versions of a step's file ``name`` hold the same result (see the module doc)."""
+    if archived == new:
+        return True
+    if not name.endswith(".json"):
+        return False
+    try:
+        return _what_it_made(json.loads(archived)) == _what_it_made(json.loads(new))
+    except ValueError:
+        return False
+
+
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -118,7 +146,7 @@ def archive_store(store: Path, dest: Path, replace: bool = False) -> ArchiveSumm
                 continue
             data, target = src.read_bytes(), dest / folder / name
             if target.exists():
-                if target.read_bytes() == data:
+                if same_result(name, target.read_bytes(), data):
                     continue
                 differs = True
                 if not replace:
