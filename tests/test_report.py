@@ -162,9 +162,12 @@ def test_delta_is_blank_without_a_victim_and_uses_only_shared_attacks() -> None:
     assert table.loc["FT", ("Δ", "")] == 10.0
     assert math.isnan(table.loc["FTH", ("Δ", "")])
     assert math.isnan(table.loc["FT", ("EP", "ASR")])
-    md = render(table, "markdown")
-    assert md.splitlines()[-1].split("|")[-2].strip() == ""  # FTH: blank Δ
-    assert md.splitlines()[2].split("|")[-2].strip() == "-"  # Victim: dash
+    md = [line for line in render(table, "markdown").splitlines() if line.startswith("|")]
+    assert md[-1].split("|")[-2].strip() == ""  # FTH: blank Δ
+    assert md[2].split("|")[-2].strip() == "-"  # Victim: dash
+    # FTH has SOS only, FT BadNets and SOS: neither column nor Δ has a winner to mark.
+    assert table.attrs["unmarked"] == ["BadNets ASR: no best marked, FTH has no result there",
+                                       "Δ: no best marked, the rows report different attacks"]
 
 
 def test_clean_records_get_an_accuracy_column_in_front() -> None:
@@ -294,6 +297,35 @@ def test_ties_share_a_mark() -> None:
     recs.append(record("freelb", "sos", 0.9, 0.7))
     marks = build_table(recs).attrs["marks"][("SOS", "ASR")]
     assert marks.tolist() == ["", "best", "best", "second"]
+
+
+def test_a_column_missing_a_method_gets_no_winner() -> None:
+    # A partial run: FP has BadNets but not RIPPLe yet. FT would "win" RIPPLe only by default.
+    table = build_table(TWO_ATTACKS + [FP[0]])
+    marks = table.attrs["marks"]
+    assert marks.loc["FP", ("BadNets", "ASR")] == "best" and marks.loc["FT", ("BadNets", "ASR")] == "second"
+    assert marks[("RIPPLe", "ASR")].tolist() == ["", "", ""]
+    assert marks[("Δ", "")].tolist() == ["", "", ""]  # FT's Δ averages two attacks, FP's one
+    assert table.attrs["unmarked"] == ["RIPPLe ASR: no best marked, FP has no result there",
+                                       "Δ: no best marked, the rows report different attacks"]
+    md = render(table, "markdown")
+    assert "**99.71**" not in md and md.endswith("_Δ: no best marked, the rows report different attacks._\n")
+    # Once every method has the column, it is marked again and the notes are gone.
+    full = build_table(TWO_ATTACKS + FP)
+    assert full.attrs["unmarked"] == [] and full.attrs["marks"].loc["FP", ("RIPPLe", "ASR")] == "best"
+
+
+def test_report_cli_notes_the_unmarked_column(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bdcli.cli.app import app
+
+    for i, rec in enumerate(TWO_ATTACKS + [FP[0]]):
+        write(tmp_path, f"r{i}", rec)
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert "note: RIPPLe ASR: no best marked, FP has no result there" in result.stderr
+    assert "no best marked" not in result.stdout  # csv stays plain numbers
 
 
 def test_csv_round_trips_with_plain_numbers() -> None:

@@ -314,6 +314,14 @@ def _warn_untrained(records: list) -> list[str]:
     return lines
 
 
+def _warn_unmarked(table) -> list[str]:
+    """Print a note for each column left without a best mark (a method has no number there)."""
+    lines = list(table.attrs.get("unmarked") or []) if table is not None else []
+    for line in lines:
+        typer.echo(f"note: {line}", err=True)
+    return lines
+
+
 def _collect_warned(paths: list[Path]) -> list:
     """The records under ``paths``, after a warning for each victim among them that never learned its task."""
     from ..report import collect
@@ -339,8 +347,9 @@ def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, tit
             raise
         records = []  # figure inputs only (a probe, a dynamics table): a page of figures, no table
     figures = draw_figures(paths, out / "figures", records=records, recipe=recipe) if plots else []
-    text = write_report(build_table(records) if records else None, out, title=title, paper=paper, figures=figures,
-                        notes=_warn_untrained(records))
+    table = build_table(records) if records else None
+    text = write_report(table, out, title=title, paper=paper, figures=figures,
+                        notes=_warn_untrained(records) + _warn_unmarked(table))
     typer.echo(text)
     typer.echo(f"wrote {out / 'report.html'}" + (f" with {len(figures)} figure(s) in {out / 'figures'}" if figures else ""),
                err=True)
@@ -413,6 +422,7 @@ def report(
             _report_folder(list(paths), out, recipe, paper, title or str(doc.get("name") or "bdcli report"), not no_plots)
             return
         table = build_table(_collect_warned(paths))
+        _warn_unmarked(table)
         if compare is not None:
             from ..report import drift
 

@@ -12,7 +12,9 @@ Two things a plain frame cannot say live in ``table.attrs``:
 * ``attrs["victims"]``: the index keys of the victim rows, whose Δ the renderers print as "-"
   (their Δ cell is NaN, like a row that has no victim to compare with, so the column stays numeric);
 * ``attrs["marks"]``: a frame shaped like the table holding "best" / "second" / "" so that each
-  renderer can style the winners its own way (bold/underline, \\textbf/\\underline, <b>/<u>, rich styles).
+  renderer can style the winners its own way (bold/underline, \\textbf/\\underline, <b>/<u>, rich styles);
+* ``attrs["unmarked"]``: a sentence for each column of a block left without marks because a method has
+  no number there (a partial run): the best of the methods present need not be the best.
 
 ``render(table, fmt)`` returns text for ``FORMATS``; ``rich_table(table)`` returns a ``rich.table.Table``
 for terminals (rich is not a text format, so it is kept out of ``render``'s ``str`` contract).
@@ -203,7 +205,8 @@ def build_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     table.attrs["n"] = pd.DataFrame(ns, index=index, columns=columns, dtype=float)
     table.attrs["datasets"] = datasets
     table.attrs["victims"] = [index[i] for i, r in enumerate(rows) if r.is_victim]
-    table.attrs["marks"] = _marks(table, [r.is_victim for r in rows], [r.dataset for r in rows])
+    table.attrs["marks"], table.attrs["unmarked"] = _marks(table, [r.is_victim for r in rows],
+                                                           [r.dataset for r in rows])
     return table
 
 
@@ -354,19 +357,38 @@ def _index(rows: list[_Row], several_datasets: bool) -> pd.Index:
     return pd.Index([r.label for r in rows], name="Method")
 
 
-def _marks(table: pd.DataFrame, is_victim: list[bool], datasets: list[str]) -> pd.DataFrame:
+def _marks(table: pd.DataFrame, is_victim: list[bool], datasets: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The best / second-best marks, and a sentence for each block column left unmarked because a
+    method has no number there: the best of the methods present need not be the column's best."""
     marks = pd.DataFrame("", index=table.index, columns=table.columns, dtype=object)
+    asr_columns = [j for j, c in enumerate(table.columns) if c[1] == ASR]
+    unmarked = []
     for j, column in enumerate(table.columns):
         if column[1] != ASR and column != DELTA:
             continue
         for dataset in dict.fromkeys(datasets):
             # Winners are picked per data set (block of rows) and never include the victim itself.
             rows = [i for i, d in enumerate(datasets) if d == dataset and not is_victim[i]]
+            # Δ is a mean over the attacks a row has: rows with other attacks are not comparable.
+            missing = [i for i in rows if math.isnan(table.iat[i, j])] if column != DELTA else (
+                [] if len({tuple(math.isnan(table.iat[i, k]) for k in asr_columns) for i in rows}) <= 1 else rows)
+            if missing and len(missing) < len(rows) or (column == DELTA and missing):
+                where = " ".join(str(c) for c in column if c)
+                block = f"{dataset} / {where}" if len(set(datasets)) > 1 else where
+                names = [_row_label(table.index[i]) for i in missing]
+                why = ("the rows report different attacks" if column == DELTA else
+                       ", ".join(names) + (" has" if len(names) == 1 else " have") + " no result there")
+                unmarked.append(f"{block}: no best marked, {why}")
+                continue
             values = {i: table.iat[i, j] for i in rows}
             # Lower ASR is better; a larger Δ (bigger drop) is better.
             for i, mark in _rank(values, higher_is_better=column == DELTA).items():
                 marks.iat[i, j] = mark
-    return marks
+    return marks, unmarked
+
+
+def _row_label(index_entry: Any) -> str:
+    return index_entry[-1] if isinstance(index_entry, tuple) else str(index_entry)
 
 
 def _rank(values: dict[int, float], higher_is_better: bool) -> dict[int, str]:
@@ -510,7 +532,8 @@ def _markdown(table: pd.DataFrame) -> str:
     rule = "|" + "|".join(
         (":" + "-" * (w + 1)) if k < left else ("-" * (w + 1) + ":") for k, w in enumerate(widths)
     ) + "|"
-    return "\n".join([fmt(header), rule, *map(fmt, body)]) + "\n"
+    notes = [f"\n_{_md_escape(u)}._" for u in table.attrs.get("unmarked") or []]
+    return "\n".join([fmt(header), rule, *map(fmt, body), *notes]) + "\n"
 
 
 def _md_escape(text: str) -> str:
