@@ -175,3 +175,26 @@ def test_resume_with_fused_adamw_is_exact(tiny_encoder, tmp_path, monkeypatch):
     assert res.resumed_from == {"stage": "train-1", "step": 3}
     assert res.loss_trace == ref.loss_trace
     assert all(torch.equal(w[k], w_ref[k]) for k in w_ref)
+
+
+def test_a_resumed_runs_progress_counts_each_step_once(tiny_encoder, tmp_path, monkeypatch):
+    """The runner's live view reads BDCLI_PROGRESS_FILE: a run resumed at its step-3 checkpoint must end
+    at 7 of 7, not count the 3 steps before the checkpoint twice."""
+    import json
+
+    from bdcli.engine.checkpoint import checkpointing
+
+    progress = tmp_path / "progress.json"
+    monkeypatch.setenv("BDCLI_PROGRESS_FILE", str(progress))
+    cfg = TrainConfig(lr=2e-3, max_steps=7, batch_size=8, device="cpu", precision="fp32", seed=5, checkpoint_every=3)
+
+    def run(crash_at, resume):
+        m = load_classifier(str(tiny_encoder), label_names=["negative", "positive"], seed=0)
+        with checkpointing(tmp_path / "cut", cfg.checkpoint_every, resume):
+            return train(m.model, m.tokenizer, _data(), cfg, hooks=[_CrashAt(crash_at)], log_every=1)
+
+    with pytest.raises(_Crash):
+        run(5, False)
+    res = run(None, True)
+    assert res.resumed_from == {"stage": "train-1", "step": 3} and res.steps == 7
+    assert json.loads(progress.read_text())["n"] == 7

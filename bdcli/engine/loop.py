@@ -283,9 +283,9 @@ def train(
         slot.save(model, state, tensors)  # type: ignore[union-attr]
 
     start = time.perf_counter()
-    shown, last_shown = 0, 0.0
     with progress_bar(total, desc) as update:
-        update(step)
+        update(step)  # a resumed run's bar starts at the checkpoint's step
+        shown, last_shown = step, 0.0
         while step < total and not stopped:
             epoch_rng = rng.getstate()
             batches = train_batches(enc, cfg.batch_size, rng)
