@@ -154,24 +154,26 @@ class _CrashAt:
         return False
 
 
+def _train_at(tiny_encoder, root, cfg, crash_at, resume):
+    """Train the tiny classifier with checkpoints under ``root``, raising _Crash at step ``crash_at``."""
+    from bdcli.engine.checkpoint import checkpointing
+
+    m = load_classifier(str(tiny_encoder), label_names=["negative", "positive"], seed=0)
+    with checkpointing(root, cfg.checkpoint_every, resume):
+        res = train(m.model, m.tokenizer, _data(), cfg, hooks=[_CrashAt(crash_at)], log_every=1)
+    return res, m.model.state_dict()
+
+
 def test_resume_with_fused_adamw_is_exact(tiny_encoder, tmp_path, monkeypatch):
     """A run stopped after its step-3 checkpoint and resumed ends on the uninterrupted run's weights,
     bit for bit: the fused optimizer's state (its step counts are tensors) round-trips."""
-    from bdcli.engine.checkpoint import checkpointing
-
     monkeypatch.setenv("BDCLI_ENGINE_PLAIN", "0")
     cfg = TrainConfig(lr=2e-3, max_steps=7, batch_size=8, device="cpu", precision="bf16", seed=5, checkpoint_every=3)
 
-    def run(root, crash_at, resume):
-        m = load_classifier(str(tiny_encoder), label_names=["negative", "positive"], seed=0)
-        with checkpointing(root, cfg.checkpoint_every, resume):
-            res = train(m.model, m.tokenizer, _data(), cfg, hooks=[_CrashAt(crash_at)], log_every=1)
-        return res, m.model.state_dict()
-
-    ref, w_ref = run(tmp_path / "ref", None, False)
+    ref, w_ref = _train_at(tiny_encoder, tmp_path / "ref", cfg, None, False)
     with pytest.raises(_Crash):
-        run(tmp_path / "cut", 5, False)
-    res, w = run(tmp_path / "cut", None, True)
+        _train_at(tiny_encoder, tmp_path / "cut", cfg, 5, False)
+    res, w = _train_at(tiny_encoder, tmp_path / "cut", cfg, None, True)
     assert res.resumed_from == {"stage": "train-1", "step": 3}
     assert res.loss_trace == ref.loss_trace
     assert all(torch.equal(w[k], w_ref[k]) for k in w_ref)
@@ -182,19 +184,12 @@ def test_a_resumed_runs_progress_counts_each_step_once(tiny_encoder, tmp_path, m
     at 7 of 7, not count the 3 steps before the checkpoint twice."""
     import json
 
-    from bdcli.engine.checkpoint import checkpointing
-
     progress = tmp_path / "progress.json"
     monkeypatch.setenv("BDCLI_PROGRESS_FILE", str(progress))
     cfg = TrainConfig(lr=2e-3, max_steps=7, batch_size=8, device="cpu", precision="fp32", seed=5, checkpoint_every=3)
 
-    def run(crash_at, resume):
-        m = load_classifier(str(tiny_encoder), label_names=["negative", "positive"], seed=0)
-        with checkpointing(tmp_path / "cut", cfg.checkpoint_every, resume):
-            return train(m.model, m.tokenizer, _data(), cfg, hooks=[_CrashAt(crash_at)], log_every=1)
-
     with pytest.raises(_Crash):
-        run(5, False)
-    res = run(None, True)
+        _train_at(tiny_encoder, tmp_path / "cut", cfg, 5, False)
+    res, _ = _train_at(tiny_encoder, tmp_path / "cut", cfg, None, True)
     assert res.resumed_from == {"stage": "train-1", "step": 3} and res.steps == 7
     assert json.loads(progress.read_text())["n"] == 7

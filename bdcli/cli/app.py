@@ -113,8 +113,7 @@ def _print_result(result, json_out: bool) -> None:
     verb = "up to date (same inputs and config), reused" if result.reused else "wrote"
     typer.echo(f"{verb} {result.out}", err=True)
     summary = m.get("summary") or {}
-    for warning in summary.get("warnings", []) if isinstance(summary, dict) else []:
-        typer.echo(f"warning: {warning}", err=True)
+    _to_stderr("warning", summary.get("warnings", []) if isinstance(summary, dict) else [])
     if "acc" in summary:
         asr = summary.get("asr")
         typer.echo(f"ACC {summary['acc']:.4f}" + (f"  ASR {asr:.4f}" if asr is not None else "  ASR n/a (no poisoned test set)"))
@@ -308,17 +307,17 @@ def _warn_untrained(records: list) -> list[str]:
     """Print a warning for each victim that never learned its task; the sentences, for the report's notes."""
     from ..report.health import untrained_victims
 
-    lines = untrained_victims(records)
-    for line in lines:
-        typer.echo(f"warning: {line}", err=True)
-    return lines
+    return _to_stderr("warning", untrained_victims(records))
 
 
 def _warn_unmarked(table) -> list[str]:
     """Print a note for each column left without a best mark (a method has no number there)."""
-    lines = list(table.attrs.get("unmarked") or []) if table is not None else []
+    return _to_stderr("note", list(table.attrs.get("unmarked") or []) if table is not None else [])
+
+
+def _to_stderr(kind: str, lines: list[str]) -> list[str]:
     for line in lines:
-        typer.echo(f"note: {line}", err=True)
+        typer.echo(f"{kind}: {line}", err=True)
     return lines
 
 

@@ -205,8 +205,7 @@ def build_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     table.attrs["n"] = pd.DataFrame(ns, index=index, columns=columns, dtype=float)
     table.attrs["datasets"] = datasets
     table.attrs["victims"] = [index[i] for i, r in enumerate(rows) if r.is_victim]
-    table.attrs["marks"], table.attrs["unmarked"] = _marks(table, [r.is_victim for r in rows],
-                                                           [r.dataset for r in rows])
+    table.attrs["marks"], table.attrs["unmarked"] = _marks(table, rows)
     return table
 
 
@@ -357,38 +356,43 @@ def _index(rows: list[_Row], several_datasets: bool) -> pd.Index:
     return pd.Index([r.label for r in rows], name="Method")
 
 
-def _marks(table: pd.DataFrame, is_victim: list[bool], datasets: list[str]) -> tuple[pd.DataFrame, list[str]]:
+def _marks(table: pd.DataFrame, rows: list[_Row]) -> tuple[pd.DataFrame, list[str]]:
     """The best / second-best marks, and a sentence for each block column left unmarked because a
     method has no number there: the best of the methods present need not be the column's best."""
     marks = pd.DataFrame("", index=table.index, columns=table.columns, dtype=object)
     asr_columns = [j for j, c in enumerate(table.columns) if c[1] == ASR]
+    several = len({r.dataset for r in rows}) > 1
     unmarked = []
     for j, column in enumerate(table.columns):
         if column[1] != ASR and column != DELTA:
             continue
-        for dataset in dict.fromkeys(datasets):
+        for dataset in dict.fromkeys(r.dataset for r in rows):
             # Winners are picked per data set (block of rows) and never include the victim itself.
-            rows = [i for i, d in enumerate(datasets) if d == dataset and not is_victim[i]]
-            # Δ is a mean over the attacks a row has: rows with other attacks are not comparable.
-            missing = [i for i in rows if math.isnan(table.iat[i, j])] if column != DELTA else (
-                [] if len({tuple(math.isnan(table.iat[i, k]) for k in asr_columns) for i in rows}) <= 1 else rows)
-            if missing and len(missing) < len(rows) or (column == DELTA and missing):
+            block = [i for i, r in enumerate(rows) if r.dataset == dataset and not r.is_victim]
+            why = _why_unmarked(table, rows, block, j, asr_columns)
+            if why:
                 where = " ".join(str(c) for c in column if c)
-                block = f"{dataset} / {where}" if len(set(datasets)) > 1 else where
-                names = [_row_label(table.index[i]) for i in missing]
-                why = ("the rows report different attacks" if column == DELTA else
-                       ", ".join(names) + (" has" if len(names) == 1 else " have") + " no result there")
-                unmarked.append(f"{block}: no best marked, {why}")
+                unmarked.append(f"{dataset} / {where}: no best marked, {why}" if several
+                                else f"{where}: no best marked, {why}")
                 continue
-            values = {i: table.iat[i, j] for i in rows}
+            values = {i: table.iat[i, j] for i in block}
             # Lower ASR is better; a larger Δ (bigger drop) is better.
             for i, mark in _rank(values, higher_is_better=column == DELTA).items():
                 marks.iat[i, j] = mark
     return marks, unmarked
 
 
-def _row_label(index_entry: Any) -> str:
-    return index_entry[-1] if isinstance(index_entry, tuple) else str(index_entry)
+def _why_unmarked(table: pd.DataFrame, rows: list[_Row], block: list[int], j: int,
+                  asr_columns: list[int]) -> str | None:
+    """Why column ``j`` of a block can have no winner, or None when it can."""
+    if table.columns[j] == DELTA:
+        # Δ is a mean over the attacks a row has: rows with other attacks are not comparable.
+        patterns = {tuple(math.isnan(table.iat[i, k]) for k in asr_columns) for i in block}
+        return "the rows report different attacks" if len(patterns) > 1 else None
+    missing = [rows[i].label for i in block if math.isnan(table.iat[i, j])]
+    if not missing or len(missing) == len(block):  # a column nobody has is empty, not partial
+        return None
+    return ", ".join(missing) + (" has" if len(missing) == 1 else " have") + " no result there"
 
 
 def _rank(values: dict[int, float], higher_is_better: bool) -> dict[int, str]:
