@@ -493,3 +493,23 @@ def test_report_warns_on_stderr_and_in_the_report_folder(tmp_path: Path) -> None
     assert "never learned" not in res.stdout  # the table itself stays the measured numbers
     bdcli("report", tmp_path / "runs", "--out", tmp_path / "page", "--no-plots")
     assert "- the SST-2 RIPPLe victim never learned its task" in (tmp_path / "page" / "report.md").read_text()
+
+
+def test_a_recipes_datasets_order_the_blocks_whatever_order_they_were_found_in(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bdcli.cli.app import app
+
+    # An archive extended run by run: HS archived before Yelp, AG's News after both.
+    recs = [record("victim", "badnets", 0.94, 1.0, dataset="hsol"), record("victim", "badnets", 0.95, 1.0, dataset="yelp"),
+            record("victim", "badnets", 0.89, 1.0, dataset="agnews")]
+    assert build_table(recs).attrs["datasets"] == ["HS", "Yelp", "AG"]
+    assert build_table(recs, ["yelp", "mr", "hsol"]).attrs["datasets"] == ["Yelp", "HS", "AG"]  # AG unnamed: last
+    assert list(build_table(recs, ["yelp", "hsol", "agnews"]).index.get_level_values(0)) == ["Yelp", "HS", "AG"]
+    for i, rec in enumerate(recs):
+        write(tmp_path / "runs", f"r{i}", rec)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\ndatasets: [agnews, yelp, hsol]\n")
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--recipe", str(recipe), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert [line.split(",")[0] for line in result.stdout.splitlines()[1:4]] == ["AG", "Yelp", "HS"]

@@ -297,7 +297,7 @@ def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: 
             figures = draw_figures([folder], folder / "figures", records=records, recipe=rec.path)
         except BdcliError as e:  # the numbers are in; a figure that cannot be drawn must not fail the run
             typer.echo(f"figures not drawn: {e}", err=True)
-        typer.echo(write_report(build_table(records), folder, title=title, paper=rec.report.get("paper"), meta=meta,
+        typer.echo(write_report(build_table(records, rec.datasets), folder, title=title, paper=rec.report.get("paper"), meta=meta,
                                 notes=[*rec.notes, *_warn_untrained(records)], figures=figures))
     if summary.failed:
         raise typer.Exit(1)
@@ -330,7 +330,8 @@ def _collect_warned(paths: list[Path]) -> list:
     return records
 
 
-def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, title: str, plots: bool) -> None:
+def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, datasets: list[str], title: str,
+                   plots: bool) -> None:
     """``bdcli report ... --out FOLDER``: tables, figures and the one-page HTML report in FOLDER."""
     from ..errors import BdcliError
     from ..report import build_table, collect, write_report
@@ -346,7 +347,7 @@ def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, tit
             raise
         records = []  # figure inputs only (a probe, a dynamics table): a page of figures, no table
     figures = draw_figures(paths, out / "figures", records=records, recipe=recipe) if plots else []
-    table = build_table(records) if records else None
+    table = build_table(records, datasets) if records else None
     text = write_report(table, out, title=title, paper=paper, figures=figures,
                         notes=_warn_untrained(records) + _warn_unmarked(table))
     typer.echo(text)
@@ -379,7 +380,7 @@ def report(
     paths: List[Path] = typer.Argument(..., help="metrics.json files or folders to search for them."),
     fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, csv, latex, html, json or rich."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table to this file instead of stdout; a FOLDER (existing, or a name without a suffix) gets the whole report: every format, figures/*.png and one self-contained report.html."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Print the paper's numbers of this recipe beside ours; its report.sweep names the x axis of the sweep figures."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Print the paper's numbers of this recipe beside ours, with the data-set blocks in its datasets' order; its report.sweep names the x axis of the sweep figures."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="A JSON report (--format json) to check against: exit 1 if a number drifts past --tolerance."),
     tolerance: float = typer.Option(1.0, "--tolerance", help="Allowed drift for --compare, in percentage points."),
     no_plots: bool = typer.Option(False, "--no-plots", help="With --out FOLDER: write the tables only, no figures (matplotlib not needed)."),
@@ -417,10 +418,13 @@ def report(
 
             doc = read_yaml(recipe)
             paper = (doc.get("report") or {}).get("paper")
+        # The recipe's data sets in its (the paper's) order, whatever order an archive was extended in.
+        datasets = [str(d) for d in doc.get("datasets") or []] if isinstance(doc.get("datasets"), list) else []
         if out is not None and compare is None and (out.is_dir() or not out.suffix):
-            _report_folder(list(paths), out, recipe, paper, title or str(doc.get("name") or "bdcli report"), not no_plots)
+            _report_folder(list(paths), out, recipe, paper, datasets, title or str(doc.get("name") or "bdcli report"),
+                           not no_plots)
             return
-        table = build_table(_collect_warned(paths))
+        table = build_table(_collect_warned(paths), datasets)
         _warn_unmarked(table)
         if compare is not None:
             from ..report import drift

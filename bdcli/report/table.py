@@ -182,11 +182,15 @@ class _Row:
         return self.method == "victim"
 
 
-def build_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Arrange records as the paper's table; see the module docstring for the layout."""
+def build_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = ()) -> pd.DataFrame:
+    """Arrange records as the paper's table; see the module docstring for the layout.
+
+    ``datasets`` (a recipe's ``datasets``, e.g. ``["yelp", "mr", "hsol"]``) orders the data-set blocks as
+    the paper does; blocks it does not name follow in first-seen order. An archive extended run by run
+    otherwise shows the blocks in the order the runs were archived."""
     rows = _group_rows(list(records))
     attacks = _attack_columns(rows)
-    datasets = list(dict.fromkeys(r.dataset for r in rows))
+    datasets = dataset_order([r.dataset for r in rows], datasets)
     rows = sorted(rows, key=_row_sort_key(rows, datasets))
     victims = _victims(rows)
 
@@ -207,6 +211,14 @@ def build_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     table.attrs["victims"] = [index[i] for i, r in enumerate(rows) if r.is_victim]
     table.attrs["marks"], table.attrs["unmarked"] = _marks(table, rows)
     return table
+
+
+def dataset_order(seen: Iterable[str], wanted: Iterable[str] = ()) -> list[str]:
+    """The display names in ``seen`` (first-seen order), those ``wanted`` names (any spelling) first, in
+    its order."""
+    wanted = [DATASET_NAMES.get(d, d) for d in wanted]
+    first = list(dict.fromkeys(seen))
+    return sorted(first, key=lambda d: (wanted.index(d) if d in wanted else len(wanted), first.index(d)))
 
 
 def _group_rows(records: list[dict[str, Any]]) -> list[_Row]:
