@@ -513,3 +513,6 @@ def test_a_recipes_datasets_order_the_blocks_whatever_order_they_were_found_in(t
     result = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--recipe", str(recipe), "--format", "csv"])
     assert result.exit_code == 0, result.output
     assert [line.split(",")[0] for line in result.stdout.splitlines()[1:4]] == ["AG", "Yelp", "HS"]
+    per_seed = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--per-seed", "--recipe", str(recipe), "--format", "csv"])
+    assert per_seed.exit_code == 0, per_seed.output
+    assert [line.split(",")[0] for line in per_seed.stdout.splitlines()[1:4]] == ["AG", "Yelp", "HS"]

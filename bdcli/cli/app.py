@@ -404,13 +404,6 @@ def report(
 
         if fmt not in FORMATS and fmt not in ("rich", "json"):
             raise UsageError(f"unknown format {fmt!r}; use one of {', '.join([*FORMATS, 'json', 'rich'])}")
-        if per_seed:
-            if compare is not None or recipe is not None:
-                raise UsageError("--per-seed lists each model's numbers: it takes no --compare or --recipe")
-            if out is not None and (out.is_dir() or not out.suffix):
-                raise UsageError("--per-seed writes one table: give --out a file name with a suffix, e.g. seeds.md")
-            _write_text(_per_seed_text(_collect_warned(paths), fmt), out)
-            return
         paper = None
         doc = {}
         if recipe is not None:
@@ -420,6 +413,13 @@ def report(
             paper = (doc.get("report") or {}).get("paper")
         # The recipe's data sets in its (the paper's) order, whatever order an archive was extended in.
         datasets = [str(d) for d in doc.get("datasets") or []] if isinstance(doc.get("datasets"), list) else []
+        if per_seed:
+            if compare is not None:
+                raise UsageError("--per-seed lists each model's numbers: it takes no --compare")
+            if out is not None and (out.is_dir() or not out.suffix):
+                raise UsageError("--per-seed writes one table: give --out a file name with a suffix, e.g. seeds.md")
+            _write_text(_per_seed_text(_collect_warned(paths), fmt, datasets), out)
+            return
         if out is not None and compare is None and (out.is_dir() or not out.suffix):
             _report_folder(list(paths), out, recipe, paper, datasets, title or str(doc.get("name") or "bdcli report"),
                            not no_plots)
@@ -455,11 +455,11 @@ def report(
         _write_text(text, out)
 
 
-def _per_seed_text(records: list, fmt: str) -> str:
+def _per_seed_text(records: list, fmt: str, datasets: list[str]) -> str:
     from ..report.compare import render_flat
     from ..report.seeds import seed_numbers, seed_table
 
-    frame = seed_table(records)
+    frame = seed_table(records, datasets)
     if fmt == "json":
         return frame.to_json(orient="records", indent=2, force_ascii=False) + "\n"
     return render_flat(frame, "markdown" if fmt == "rich" else fmt, seed_numbers(frame))

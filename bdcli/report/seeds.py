@@ -17,13 +17,14 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from .table import attack_order, method_rank, record_names
+from .table import attack_order, dataset_order, method_rank, record_names
 
 NUMBERS = ("ACC", "ASR")
 RMSE_BEFORE, RMSE_AFTER = "RMSE before", "RMSE after"
 
 
-def seed_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def seed_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = ()) -> pd.DataFrame:
+    """``datasets`` orders the data sets as ``build_table``'s does."""
     records = list(records)
     classes = list(dict.fromkeys(c for r in records for c in (r.get("asr_c") or {})))
     attacks = attack_order()
@@ -45,7 +46,7 @@ def seed_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row.update(_rmse(Path(r.get("path", "")).parent / "trigger_rmse.json"))
         rows.append(row)
         keys.append((attacks.index(attack) if attack in attacks else len(attacks), method_rank(r.get("method"))))
-    datasets = list(dict.fromkeys(r["Dataset"] for r in rows))
+    datasets = dataset_order([r["Dataset"] for r in rows], datasets)
     labels = list(dict.fromkeys(r["Method"] for r in rows))
     # Data set, attack and method in the papers' order (first seen after the known ones), then the seed.
     order = sorted(range(len(rows)), key=lambda i: (datasets.index(rows[i]["Dataset"]), *keys[i],
