@@ -495,7 +495,7 @@ def test_report_warns_on_stderr_and_in_the_report_folder(tmp_path: Path) -> None
     assert "- the SST-2 RIPPLe victim never learned its task" in (tmp_path / "page" / "report.md").read_text()
 
 
-def test_a_recipes_datasets_order_the_blocks_whatever_order_they_were_found_in(tmp_path: Path) -> None:
+def test_a_recipes_datasets_and_attacks_order_the_table_whatever_order_they_were_found_in(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from bdcli.cli.app import app
@@ -509,10 +509,20 @@ def test_a_recipes_datasets_order_the_blocks_whatever_order_they_were_found_in(t
     for i, rec in enumerate(recs):
         write(tmp_path / "runs", f"r{i}", rec)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: r\ndatasets: [agnews, yelp, hsol]\n")
+    recipe.write_text("name: r\ndatasets: [agnews, yelp, hsol]\nattacks: {BadNets: {}, neuba: {}, RIPPLe: {}, EP: {}}\n")
     result = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--recipe", str(recipe), "--format", "csv"])
     assert result.exit_code == 0, result.output
     assert [line.split(",")[0] for line in result.stdout.splitlines()[1:4]] == ["AG", "Yelp", "HS"]
     per_seed = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--per-seed", "--recipe", str(recipe), "--format", "csv"])
     assert per_seed.exit_code == 0, per_seed.output
     assert [line.split(",")[0] for line in per_seed.stdout.splitlines()[1:4]] == ["AG", "Yelp", "HS"]
+    # GBA Table 2's columns: BadNets, NeuBA, RIPPLe, EP, where the catalog (the other paper's order) puts EP first.
+    three = [record("victim", a, 0.9, 1.0, dataset="hsol") for a in ("neuba", "ep", "badnets")]
+    assert [a for a, _ in build_table(three).columns[:-1:2]] == ["BadNets", "EP", "NeuBA"]
+    wanted = ["BadNets", "neuba", "RIPPLe", "EP"]  # the recipe's keys, any spelling the catalog knows
+    assert [a for a, _ in build_table(three, attacks=wanted).columns[:-1:2]] == ["BadNets", "NeuBA", "EP"]
+    for i, rec in enumerate(three):
+        write(tmp_path / "gba", f"r{i}", rec)
+    per_seed = CliRunner().invoke(app, ["report", str(tmp_path / "gba"), "--per-seed", "--recipe", str(recipe), "--format", "csv"])
+    assert per_seed.exit_code == 0, per_seed.output
+    assert [line.split(",")[1] for line in per_seed.stdout.splitlines()[1:] if line] == ["BadNets", "NeuBA", "EP"]

@@ -297,7 +297,8 @@ def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: 
             figures = draw_figures([folder], folder / "figures", records=records, recipe=rec.path)
         except BdcliError as e:  # the numbers are in; a figure that cannot be drawn must not fail the run
             typer.echo(f"figures not drawn: {e}", err=True)
-        typer.echo(write_report(build_table(records, rec.datasets), folder, title=title, paper=rec.report.get("paper"), meta=meta,
+        table = build_table(records, rec.datasets, [a.key for a in rec.attacks])
+        typer.echo(write_report(table, folder, title=title, paper=rec.report.get("paper"), meta=meta,
                                 notes=[*rec.notes, *_warn_untrained(records)], figures=figures))
     if summary.failed:
         raise typer.Exit(1)
@@ -330,8 +331,8 @@ def _collect_warned(paths: list[Path]) -> list:
     return records
 
 
-def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, datasets: list[str], title: str,
-                   plots: bool) -> None:
+def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, datasets: list[str], attacks: list[str],
+                   title: str, plots: bool) -> None:
     """``bdcli report ... --out FOLDER``: tables, figures and the one-page HTML report in FOLDER."""
     from ..errors import BdcliError
     from ..report import build_table, collect, write_report
@@ -347,7 +348,7 @@ def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, dat
             raise
         records = []  # figure inputs only (a probe, a dynamics table): a page of figures, no table
     figures = draw_figures(paths, out / "figures", records=records, recipe=recipe) if plots else []
-    table = build_table(records, datasets) if records else None
+    table = build_table(records, datasets, attacks) if records else None
     text = write_report(table, out, title=title, paper=paper, figures=figures,
                         notes=_warn_untrained(records) + _warn_unmarked(table))
     typer.echo(text)
@@ -380,7 +381,7 @@ def report(
     paths: List[Path] = typer.Argument(..., help="metrics.json files or folders to search for them."),
     fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, csv, latex, html, json or rich."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table to this file instead of stdout; a FOLDER (existing, or a name without a suffix) gets the whole report: every format, figures/*.png and one self-contained report.html."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Print the paper's numbers of this recipe beside ours, with the data-set blocks in its datasets' order; its report.sweep names the x axis of the sweep figures."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Print the paper's numbers of this recipe beside ours, its data sets and attacks in its order; its report.sweep names the x axis of the sweep figures."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="A JSON report (--format json) to check against: exit 1 if a number drifts past --tolerance."),
     tolerance: float = typer.Option(1.0, "--tolerance", help="Allowed drift for --compare, in percentage points."),
     no_plots: bool = typer.Option(False, "--no-plots", help="With --out FOLDER: write the tables only, no figures (matplotlib not needed)."),
@@ -413,18 +414,19 @@ def report(
             paper = (doc.get("report") or {}).get("paper")
         # The recipe's data sets in its (the paper's) order, whatever order an archive was extended in.
         datasets = [str(d) for d in doc.get("datasets") or []] if isinstance(doc.get("datasets"), list) else []
+        attacks = [str(a) for a in doc.get("attacks") or {}] if isinstance(doc.get("attacks"), dict) else []
         if per_seed:
             if compare is not None:
                 raise UsageError("--per-seed lists each model's numbers: it takes no --compare")
             if out is not None and (out.is_dir() or not out.suffix):
                 raise UsageError("--per-seed writes one table: give --out a file name with a suffix, e.g. seeds.md")
-            _write_text(_per_seed_text(_collect_warned(paths), fmt, datasets), out)
+            _write_text(_per_seed_text(_collect_warned(paths), fmt, datasets, attacks), out)
             return
         if out is not None and compare is None and (out.is_dir() or not out.suffix):
-            _report_folder(list(paths), out, recipe, paper, datasets, title or str(doc.get("name") or "bdcli report"),
+            _report_folder(list(paths), out, recipe, paper, datasets, attacks, title or str(doc.get("name") or "bdcli report"),
                            not no_plots)
             return
-        table = build_table(_collect_warned(paths), datasets)
+        table = build_table(_collect_warned(paths), datasets, attacks)
         _warn_unmarked(table)
         if compare is not None:
             from ..report import drift
@@ -455,11 +457,11 @@ def report(
         _write_text(text, out)
 
 
-def _per_seed_text(records: list, fmt: str, datasets: list[str]) -> str:
+def _per_seed_text(records: list, fmt: str, datasets: list[str], attacks: list[str]) -> str:
     from ..report.compare import render_flat
     from ..report.seeds import seed_numbers, seed_table
 
-    frame = seed_table(records, datasets)
+    frame = seed_table(records, datasets, attacks)
     if fmt == "json":
         return frame.to_json(orient="records", indent=2, force_ascii=False) + "\n"
     return render_flat(frame, "markdown" if fmt == "rich" else fmt, seed_numbers(frame))

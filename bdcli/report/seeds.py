@@ -23,11 +23,11 @@ NUMBERS = ("ACC", "ASR")
 RMSE_BEFORE, RMSE_AFTER = "RMSE before", "RMSE after"
 
 
-def seed_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = ()) -> pd.DataFrame:
-    """``datasets`` orders the data sets as ``build_table``'s does."""
+def seed_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = (), attacks: Iterable[str] = ()) -> pd.DataFrame:
+    """``datasets`` and ``attacks`` order the rows as ``build_table``'s do."""
     records = list(records)
     classes = list(dict.fromkeys(c for r in records for c in (r.get("asr_c") or {})))
-    attacks = attack_order()
+    attacks = attack_order(attacks)
     rows, keys = [], []
     for r in records:
         dataset, attack, label = record_names(r)

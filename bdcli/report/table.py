@@ -56,12 +56,13 @@ def attack_display(attack: str) -> str:
     return display_name(attack, ("poisoner", "attack")) or attack
 
 
-def attack_order() -> list[str]:
-    """Display names of the catalog's attacks in the papers' column order."""
+def attack_order(wanted: Iterable[str] = ()) -> list[str]:
+    """Display names of the catalog's attacks in the papers' column order, those ``wanted`` (a recipe's
+    attack names, in any spelling the catalog knows) first and in its order."""
     from ..registry import entries
 
     named = sorted((e.order, e.display) for k in ("poisoner", "attack") for e in entries(k) if e.name != "finetune")
-    return list(dict.fromkeys(d for _, d in named))
+    return _wanted_first((d for _, d in named), [attack_display(w) for w in wanted])
 
 
 CLEAN = "Clean"  # column for records evaluated on clean data only (attack null)
@@ -182,14 +183,16 @@ class _Row:
         return self.method == "victim"
 
 
-def build_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = ()) -> pd.DataFrame:
+def build_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = (), attacks: Iterable[str] = ()) -> pd.DataFrame:
     """Arrange records as the paper's table; see the module docstring for the layout.
 
-    ``datasets`` (a recipe's ``datasets``, e.g. ``["yelp", "mr", "hsol"]``) orders the data-set blocks as
-    the paper does; blocks it does not name follow in first-seen order. An archive extended run by run
-    otherwise shows the blocks in the order the runs were archived."""
+    A recipe's ``datasets`` (e.g. ``["yelp", "mr", "hsol"]``) and ``attacks`` (its attack names, where they
+    are spelled as the table spells them) order the data-set blocks and attack columns as its paper does;
+    what they do not name follows, data sets in first-seen order and attacks in the catalog's. Without
+    them an archive extended run by run shows its blocks in the order the runs were archived, and the
+    columns in the catalog's order, which is the maximum-entropy paper's, not GBA's."""
     rows = _group_rows(list(records))
-    attacks = _attack_columns(rows)
+    attacks = _attack_columns(rows, attacks)
     datasets = dataset_order([r.dataset for r in rows], datasets)
     rows = sorted(rows, key=_row_sort_key(rows, datasets))
     victims = _victims(rows)
@@ -214,9 +217,12 @@ def build_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = ())
 
 
 def dataset_order(seen: Iterable[str], wanted: Iterable[str] = ()) -> list[str]:
-    """The display names in ``seen`` (first-seen order), those ``wanted`` names (any spelling) first, in
-    its order."""
-    wanted = [DATASET_NAMES.get(d, d) for d in wanted]
+    """The data sets in ``seen`` (display names, first-seen order), those ``wanted`` (any spelling) first."""
+    return _wanted_first(seen, [DATASET_NAMES.get(d, d) for d in wanted])
+
+
+def _wanted_first(seen: Iterable[str], wanted: list[str]) -> list[str]:
+    """``seen`` without repeats, the items of ``wanted`` first and in its order, the rest as they came."""
     first = list(dict.fromkeys(seen))
     return sorted(first, key=lambda d: (wanted.index(d) if d in wanted else len(wanted), first.index(d)))
 
@@ -289,9 +295,9 @@ def _percent(fraction: float) -> float:
     return round(100 * fraction, 2)
 
 
-def _attack_columns(rows: list[_Row]) -> list[str]:
+def _attack_columns(rows: list[_Row], wanted: Iterable[str] = ()) -> list[str]:
     seen = list(dict.fromkeys(a for r in rows for a in r.cells))
-    known = attack_order()
+    known = attack_order(wanted)
     clean = [CLEAN] if CLEAN in seen else []
     return clean + [a for a in known if a in seen] + [a for a in seen if a not in known and a != CLEAN]
 
