@@ -85,8 +85,14 @@ def test_report_prints_the_paper_layout_from_the_metrics(chain):
     v = json.loads((chain / "eval" / "victim" / "metrics.json").read_text())["asr"]
     ft = json.loads((chain / "eval" / "ft" / "metrics.json").read_text())["asr"]
     assert float(rows["FT"][2]) == pytest.approx(100 * (v - ft), abs=0.006)
-    md = bdcli("report", chain / "eval").stdout
-    assert md.startswith("| Method") and "**" in md
+    res = bdcli("report", chain / "eval")
+    assert res.stdout.startswith("| Method")
+    # A tiny defended model that answers one label is named on stderr and not ranked; any other can be best.
+    from bdcli.report.health import at_chance
+
+    defended = [json.loads((chain / "eval" / f / "metrics.json").read_text()) for f in ("ft", "fth", "maxent")]
+    assert ("answers one label" in res.stderr) == any(at_chance(m) for m in defended)
+    assert ("**" in res.stdout) == (not all(at_chance(m) for m in defended))
 
 
 def test_rerun_with_same_inputs_reuses_the_output(chain):

@@ -477,6 +477,25 @@ def test_on_an_imbalanced_set_chance_is_the_majority_labels_share() -> None:
     assert untrained_victims([{**lazy, "label_shares": None}]) == []
 
 
+def test_a_defense_answering_one_label_is_named_and_left_unranked() -> None:
+    from bdcli.report.health import one_label_models
+
+    # GBA at SGD lr 1 on HS's EP victims: ACC 49.98, ASR 0 -- every row called clean, trigger or not.
+    shares = {"clean": 0.4998, "toxic": 0.5002}
+    recs = [record("victim", "ep", 0.9433, 1.0, dataset="hsol", seed=1, label_shares=shares),
+            record("gba", "ep", 0.9404, 1.0, dataset="hsol", seed=1, label_shares=shares, label="GBA"),
+            record("nad-c", "ep", 0.8989, 0.0963, dataset="hsol", seed=1, label_shares=shares),
+            record("gba", "ep", 0.4998, 0.0, dataset="hsol", seed=1, label_shares=shares, label="GBA SGD lr=1")]
+    assert one_label_models(recs) == [
+        "GBA SGD lr=1 on HS EP answers one label (clean ACC seed 1: 49.98; always predicting its most frequent "
+        "label, toxic, gives 50.02): its ASR says which label, not whether the backdoor is gone, and it is not ranked"]
+    marks = build_table(recs).attrs["marks"]
+    assert marks.loc["NAD-C", ("EP", "ASR")] == "best" and marks.loc["GBA", ("EP", "ASR")] == "second"
+    assert marks.loc["GBA SGD lr=1", ("EP", "ASR")] == "" and marks.loc["GBA SGD lr=1", ("Δ", "")] == ""
+    # Without it the collapsed model's ASR of 0 would have been the column's best.
+    assert build_table(recs[:3] + [{**recs[3], "acc": 0.80}]).attrs["marks"].loc["GBA SGD lr=1", ("EP", "ASR")] == "best"
+
+
 def test_an_unknown_data_set_counts_its_labels_from_asr_c() -> None:
     from bdcli.report.health import label_count
 

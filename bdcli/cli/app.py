@@ -305,10 +305,11 @@ def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: 
 
 
 def _warn_untrained(records: list) -> list[str]:
-    """Print a warning for each victim that never learned its task; the sentences, for the report's notes."""
-    from ..report.health import untrained_victims
+    """Print a warning for each victim that never learned its task and each model that answers one label;
+    the sentences, for the report's notes."""
+    from ..report.health import one_label_models, untrained_victims
 
-    return _to_stderr("warning", untrained_victims(records))
+    return _to_stderr("warning", untrained_victims(records) + one_label_models(records))
 
 
 def _warn_unmarked(table) -> list[str]:
@@ -389,7 +390,8 @@ def report(
     per_seed: bool = typer.Option(False, "--per-seed", help="One line per evaluated model instead of means: data set, attack, method, seed, ACC, ASR, ASR_c of each class, training steps."),
 ) -> None:
     """Gather metrics.json files into the papers' table layout: ACC/ASR per attack and method, the Δ
-    column (mean ASR drop against the victim), best in bold and second best underlined.
+    column (mean ASR drop against the victim), best in bold and second best underlined (a model whose
+    clean ACC is at chance answers one label: it is named on stderr and not ranked).
 
     With --out FOLDER (an existing folder or a name without a suffix) it writes the whole report there:
     report.md/.csv/.tex/.json, figures/*.png for every figure the inputs allow (SD traces, probe-sd's

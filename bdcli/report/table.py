@@ -35,6 +35,7 @@ import pandas as pd
 from rich.table import Table as RichTable
 
 from ..errors import BdcliError, UsageError
+from .health import at_chance
 
 METRICS_FILE = "metrics.json"
 
@@ -167,6 +168,7 @@ class _Sample:
     seed: Any
     lineage: str | None  # the upstream fingerprints: the same result reached twice is one sample
     cost: dict[str, Any] | None
+    one_label: bool = False  # clean ACC at chance: the model answers one label (report/health.py)
 
 
 @dataclass
@@ -181,6 +183,11 @@ class _Row:
     @property
     def is_victim(self) -> bool:
         return self.method == "victim"
+
+    def one_label(self, attack: str | None) -> bool:
+        """Whether some seed's model answers one label, under ``attack`` (None: under any attack)."""
+        cells = [self.samples.get(attack, [])] if attack is not None else list(self.samples.values())
+        return any(s.one_label for samples in cells for s in samples)
 
 
 def build_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = (), attacks: Iterable[str] = ()) -> pd.DataFrame:
@@ -256,7 +263,7 @@ def _group_rows(records: list[dict[str, Any]]) -> list[_Row]:
         if row.label != label:
             row.label = METHOD_NAMES["victim"]
         samples.append(_Sample(float(rec["acc"]), math.nan if rec.get("asr") is None else float(rec["asr"]), seed,
-                               lineage, rec.get("cost")))
+                               lineage, rec.get("cost"), at_chance(rec) is not None))
         row.cells[attack] = (_mean([x.acc for x in samples]), _mean([x.asr for x in samples]))
         row.paths[attack] = _where(rec)
     return list(rows.values())
@@ -393,7 +400,8 @@ def _marks(table: pd.DataFrame, rows: list[_Row]) -> tuple[pd.DataFrame, list[st
                 unmarked.append(f"{dataset} / {where}: no best marked, {why}" if several
                                 else f"{where}: no best marked, {why}")
                 continue
-            values = {i: table.iat[i, j] for i in block}
+            # A model answering one label wins an ASR column by that label alone (report/health.py says so).
+            values = {i: table.iat[i, j] for i in block if not rows[i].one_label(None if column == DELTA else column[0])}
             # Lower ASR is better; a larger Δ (bigger drop) is better.
             for i, mark in _rank(values, higher_is_better=column == DELTA).items():
                 marks.iat[i, j] = mark
