@@ -492,6 +492,8 @@ def test_a_defense_answering_one_label_is_named_and_left_unranked() -> None:
     marks = build_table(recs).attrs["marks"]
     assert marks.loc["NAD-C", ("EP", "ASR")] == "best" and marks.loc["GBA", ("EP", "ASR")] == "second"
     assert marks.loc["GBA SGD lr=1", ("EP", "ASR")] == "" and marks.loc["GBA SGD lr=1", ("Δ", "")] == ""
+    # Where every ranked method ties (GBA and the ablations of docs/results.md, all at ASR 100) nobody wins.
+    assert set(build_table(recs[:2] + [{**recs[2], "asr": 1.0}] + recs[3:]).attrs["marks"][("EP", "ASR")]) == {""}
     # Without it the collapsed model's ASR of 0 would have been the column's best.
     assert build_table(recs[:3] + [{**recs[3], "acc": 0.80}]).attrs["marks"].loc["GBA SGD lr=1", ("EP", "ASR")] == "best"
 

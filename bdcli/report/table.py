@@ -422,8 +422,11 @@ def _why_unmarked(table: pd.DataFrame, rows: list[_Row], block: list[int], j: in
 
 
 def _rank(values: dict[int, float], higher_is_better: bool) -> dict[int, str]:
-    """Best and second-best among ``values`` (position -> value); ties share a mark."""
+    """Best and second-best among ``values`` (position -> value); ties share a mark, and where several
+    methods all tie there is no winner to mark (GBA and its ablations all at ASR 100)."""
     distinct = sorted({v for v in values.values() if not math.isnan(v)}, reverse=higher_is_better)
+    if len(distinct) == 1 and sum(not math.isnan(v) for v in values.values()) > 1:
+        return {}
     wanted = dict(zip(distinct[:2], (BEST, SECOND)))
     return {i: wanted[v] for i, v in values.items() if v in wanted}
 
