@@ -118,6 +118,17 @@ def test_baselines_recipe_reuses_the_quick_start_victims(data_dir):
     assert qs_fps <= base_fps
 
 
+def test_a_transfer_recipes_defenses_are_estimated_on_the_whole_clean_split(data_dir):
+    """A defense without a scenario of its own defends its victim's: in Table 1's transfer recipe that
+    is every one of SST-2's 6,920 train rows (217 steps of 32), not outsourcing's 10% (22)."""
+    from bdcli.recipes.plan import estimate_steps
+
+    plan = expand(load_recipe(REPO / "recipes" / "maxent" / "table1-sst2.yaml", "cpu"), only="sst2/BadNets/*")
+    est = estimate_steps(plan)
+    assert plan.nodes["sst2/BadNets/s1/FT/defend"].step.config.scenario is None
+    assert est["sst2/BadNets/s1/FT/defend"] == (217, 217) and est["sst2/BadNets/s1/FT-steps/defend"] == (400, 400)
+
+
 def test_gba_head_recipe_reuses_table2_and_counts_the_head_steps(data_dir):
     """The head ablation promises to run only its GBA+head rows in a store of table2.yaml's cpu profile,
     and its dry run counts the head's own training steps."""
@@ -505,3 +516,28 @@ def test_per_seed_lists_each_model_and_its_mean_is_the_tables(reference):
     assert text.startswith("| Dataset | Attack | Method | Seed | ACC | ASR |")
     res = bdcli("report", reference, "--per-seed", "--out", str(reference / "folder"), ok=False)
     assert res.exit_code == 2 and "--per-seed writes one table" in res.output
+
+
+def test_retrigger_remeasures_a_stores_models_on_an_asr_set_built_another_way(reference, tmp_path):
+    """scripts/retrigger.py: the same models and clean rows (so the same ACC), test triggers at the
+    sentence start instead of BadNets' random position, and a field the poisoner lacks refused."""
+    script = [sys.executable, str(REPO / "scripts" / "retrigger.py"), str(reference), "*/BadNets/s1/*"]
+    out = tmp_path / "start"
+    proc = subprocess.run([*script, "--set", "position=start", "--out", str(out)], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    before = {k: v for k, v in _metrics(reference).items() if "/BadNets/s1/" in k}
+    assert len(before) == 3 and len(proc.stdout.splitlines()) == 3  # the victim, FT and Ours
+    for node_id, old in before.items():
+        new = json.loads((out / "evals" / node_id.replace("/", "_") / "metrics.json").read_text())
+        assert new["acc"] == old["acc"] and new["seed"] == old["seed"] == 1 and new["label"] == old["label"]
+        assert new["asr"] is not None
+    assert sorted(p.name for p in (out / "evals").glob("*/*")) == ["manifest.json"] * 3 + ["metrics.json"] * 3
+    (data,) = (out / "data").iterdir()
+    rows = [json.loads(line) for line in (data / "test-poison.jsonl").read_text().splitlines()]
+    trigger_words = json.loads((data / "poison.json").read_text())["triggers"]
+    assert rows and all(r["text"].split()[0] in trigger_words for r in rows)
+    bad = subprocess.run([*script, "--set", "positon=start", "--out", str(tmp_path / "bad")], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--set takes key=value with key one of" in bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -530,7 +530,16 @@ def test_a_recipes_datasets_and_attacks_order_the_table_whatever_order_they_were
     for i, rec in enumerate(recs):
         write(tmp_path / "runs", f"r{i}", rec)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: r\ndatasets: [agnews, yelp, hsol]\nattacks: {BadNets: {}, neuba: {}, RIPPLe: {}, EP: {}}\n")
+    recipe.write_text("name: r\ndatasets: [agnews, yelp, hsol]\nseeds: [1]\nattacks:\n"
+                      "  BadNets: {poison: {name: badnets}, attack: {name: finetune}}\n"
+                      "  neuba: {poison: {name: neuba}, attack: {name: neuba}, user_finetune: {}}\n"
+                      "  RIPPLe: {poison: {name: badnets}, attack: {name: ripple}}\n"
+                      "  EP: {poison: {name: badnets}, clean: {}, attack: {name: ep}}\n")
+    # The recipe is read as `bdcli run` reads it: a broken one is one line, not a table in some order.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(recipe.read_text().replace("datasets:", "datasetz:"))
+    refused = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--recipe", str(broken), "--format", "csv"])
+    assert refused.exit_code != 0 and "unknown recipe key 'datasetz'" in refused.output, refused.output
     result = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--recipe", str(recipe), "--format", "csv"])
     assert result.exit_code == 0, result.output
     assert [line.split(",")[0] for line in result.stdout.splitlines()[1:4]] == ["AG", "Yelp", "HS"]

@@ -407,16 +407,15 @@ def report(
 
         if fmt not in FORMATS and fmt not in ("rich", "json"):
             raise UsageError(f"unknown format {fmt!r}; use one of {', '.join([*FORMATS, 'json', 'rich'])}")
-        paper = None
-        doc = {}
+        paper, datasets, attacks, name = None, [], [], None
         if recipe is not None:
-            from ..recipes import read_yaml
+            from ..recipes import load_recipe
 
-            doc = read_yaml(recipe)
-            paper = (doc.get("report") or {}).get("paper")
-        # The recipe's data sets in its (the paper's) order, whatever order an archive was extended in.
-        datasets = [str(d) for d in doc.get("datasets") or []] if isinstance(doc.get("datasets"), list) else []
-        attacks = [str(a) for a in doc.get("attacks") or {}] if isinstance(doc.get("attacks"), dict) else []
+            # Validated as `bdcli run` reads it, so a broken recipe stops here instead of ordering a table.
+            spec = load_recipe(recipe)
+            paper, name = spec.report.get("paper"), spec.name
+            # Its data sets and attacks in its (the paper's) order, whatever order an archive was extended in.
+            datasets, attacks = list(spec.datasets), [a.key for a in spec.attacks]
         if per_seed:
             if compare is not None:
                 raise UsageError("--per-seed lists each model's numbers: it takes no --compare")
@@ -425,7 +424,7 @@ def report(
             _write_text(_per_seed_text(_collect_warned(paths), fmt, datasets, attacks), out)
             return
         if out is not None and compare is None and (out.is_dir() or not out.suffix):
-            _report_folder(list(paths), out, recipe, paper, datasets, attacks, title or str(doc.get("name") or "bdcli report"),
+            _report_folder(list(paths), out, recipe, paper, datasets, attacks, title or name or "bdcli report",
                            not no_plots)
             return
         table = build_table(_collect_warned(paths), datasets, attacks)

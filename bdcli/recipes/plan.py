@@ -164,18 +164,19 @@ def estimate_steps(plan: Plan, unknown: dict[str, str] | None = None) -> dict[st
         rows[node.id] = n if n is not None else 0
         if step.kind in ("attack", "defend"):
             if n:
-                out[node.id] = _training_steps(step, n)
+                out[node.id] = _training_steps(step, n, plan.recipe.scenario)
             elif node.id in why and unknown is not None:
                 unknown[node.id] = why[node.id]
     return out
 
 
-def _training_steps(step: Step, n_rows: int) -> tuple[int, int]:
+def _training_steps(step: Step, n_rows: int, scenario: str) -> tuple[int, int]:
     cfg = step.config
     if step.kind == "defend":
         from ..defenses import SCENARIO_CLEAN_FRACTION
 
-        frac = cfg.clean_fraction if cfg.clean_fraction is not None else SCENARIO_CLEAN_FRACTION.get(cfg.scenario or "outsourcing", 0.1)
+        # A defense without a scenario of its own takes its victim's, which in a recipe is the recipe's.
+        frac = cfg.clean_fraction if cfg.clean_fraction is not None else SCENARIO_CLEAN_FRACTION[cfg.scenario or scenario]
         n_rows = max(1, round(frac * n_rows))
     main = cfg.max_steps or math.ceil(n_rows / cfg.batch_size) * cfg.epochs
     if getattr(cfg, "retrain", True) is False:  # Fine-Pruning that only prunes
