@@ -13,7 +13,7 @@ import pytest
 from rich.table import Table as RichTable
 
 from bdcli.errors import BdcliError, UsageError
-from bdcli.report import FORMATS, build_table, collect, render, rich_table
+from bdcli.report import FORMATS, TableOrder, build_table, collect, render, rich_table
 from tests.helpers import bdcli
 
 
@@ -516,7 +516,7 @@ def test_report_warns_on_stderr_and_in_the_report_folder(tmp_path: Path) -> None
     assert "- the SST-2 RIPPLe victim never learned its task" in (tmp_path / "page" / "report.md").read_text()
 
 
-def test_a_recipes_datasets_and_attacks_order_the_table_whatever_order_they_were_found_in(tmp_path: Path) -> None:
+def test_a_recipes_datasets_attacks_and_defenses_order_the_table_whatever_order_they_were_found_in(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from bdcli.cli.app import app
@@ -525,8 +525,8 @@ def test_a_recipes_datasets_and_attacks_order_the_table_whatever_order_they_were
     recs = [record("victim", "badnets", 0.94, 1.0, dataset="hsol"), record("victim", "badnets", 0.95, 1.0, dataset="yelp"),
             record("victim", "badnets", 0.89, 1.0, dataset="agnews")]
     assert build_table(recs).attrs["datasets"] == ["HS", "Yelp", "AG"]
-    assert build_table(recs, ["yelp", "mr", "hsol"]).attrs["datasets"] == ["Yelp", "HS", "AG"]  # AG unnamed: last
-    assert list(build_table(recs, ["yelp", "hsol", "agnews"]).index.get_level_values(0)) == ["Yelp", "HS", "AG"]
+    assert build_table(recs, TableOrder(datasets=("yelp", "mr", "hsol"))).attrs["datasets"] == ["Yelp", "HS", "AG"]  # AG unnamed: last
+    assert list(build_table(recs, TableOrder(datasets=("yelp", "hsol", "agnews"))).index.get_level_values(0)) == ["Yelp", "HS", "AG"]
     for i, rec in enumerate(recs):
         write(tmp_path / "runs", f"r{i}", rec)
     recipe = tmp_path / "r.yaml"
@@ -534,7 +534,8 @@ def test_a_recipes_datasets_and_attacks_order_the_table_whatever_order_they_were
                       "  BadNets: {poison: {name: badnets}, attack: {name: finetune}}\n"
                       "  neuba: {poison: {name: neuba}, attack: {name: neuba}, user_finetune: {}}\n"
                       "  RIPPLe: {poison: {name: badnets}, attack: {name: ripple}}\n"
-                      "  EP: {poison: {name: badnets}, clean: {}, attack: {name: ep}}\n")
+                      "  EP: {poison: {name: badnets}, clean: {}, attack: {name: ep}}\n"
+                      "defenses: {Clean-FT: {name: ft}, NAD: {name: nad}, NAD-C: {name: nad-c, clean_model: minilm}, GBA: {name: gba}}\n")
     # The recipe is read as `bdcli run` reads it: a broken one is one line, not a table in some order.
     broken = tmp_path / "broken.yaml"
     broken.write_text(recipe.read_text().replace("datasets:", "datasetz:"))
@@ -549,10 +550,24 @@ def test_a_recipes_datasets_and_attacks_order_the_table_whatever_order_they_were
     # GBA Table 2's columns: BadNets, NeuBA, RIPPLe, EP, where the catalog (the other paper's order) puts EP first.
     three = [record("victim", a, 0.9, 1.0, dataset="hsol") for a in ("neuba", "ep", "badnets")]
     assert [a for a, _ in build_table(three).columns[:-1:2]] == ["BadNets", "EP", "NeuBA"]
-    wanted = ["BadNets", "neuba", "RIPPLe", "EP"]  # the recipe's keys, any spelling the catalog knows
-    assert [a for a, _ in build_table(three, attacks=wanted).columns[:-1:2]] == ["BadNets", "NeuBA", "EP"]
+    wanted = ("BadNets", "neuba", "RIPPLe", "EP")  # the recipe's keys, any spelling the catalog knows
+    assert [a for a, _ in build_table(three, TableOrder(attacks=wanted)).columns[:-1:2]] == ["BadNets", "NeuBA", "EP"]
     for i, rec in enumerate(three):
         write(tmp_path / "gba", f"r{i}", rec)
     per_seed = CliRunner().invoke(app, ["report", str(tmp_path / "gba"), "--per-seed", "--recipe", str(recipe), "--format", "csv"])
     assert per_seed.exit_code == 0, per_seed.output
     assert [line.split(",")[1] for line in per_seed.stdout.splitlines()[1:] if line] == ["BadNets", "NeuBA", "EP"]
+    # Rows: the victim, then the recipe's defenses in its order, however the folders sort (a script's
+    # evaluations named mr_EP_s1_GBA_eval, mr_EP_s1_NAD-C_eval, ...); the label is the recipe's key.
+    found = [record(m, "ep", 0.8, 1.0, dataset="mr", label=lab) for m, lab in
+             (("gba", "GBA"), ("nad-c", "NAD-C"), ("nad", "NAD"), ("ft", "Clean-FT"), ("victim", None))]
+    assert list(build_table(found).index) == ["Victim", "Clean-FT", "GBA", "NAD-C", "NAD"]
+    assert list(build_table(found, TableOrder(methods=("Clean-FT", "NAD", "NAD-C", "GBA"))).index) == [
+        "Victim", "Clean-FT", "NAD", "NAD-C", "GBA"]
+    for i, rec in enumerate(found):
+        write(tmp_path / "ep", f"r{i}", rec)
+    for extra in ([], ["--per-seed"]):
+        res = CliRunner().invoke(app, ["report", str(tmp_path / "ep"), *extra, "--recipe", str(recipe), "--format", "csv"])
+        assert res.exit_code == 0, res.output
+        assert [line.split(",")[2 if extra else 0] for line in res.stdout.splitlines()[1:6]] == [
+            "Victim", "Clean-FT", "NAD", "NAD-C", "GBA"]

@@ -261,7 +261,7 @@ def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: 
               executor_name: str = "local", address: str | None = None) -> None:
     from ..progress import enabled
     from ..recipes import LocalProcessExecutor, default_threads, gather_records, print_event, run_plan
-    from ..report import build_table, write_report
+    from ..report import TableOrder, build_table, write_report
 
     if executor_name == "ray":
         from ..recipes.ray_executor import RayExecutor
@@ -297,7 +297,7 @@ def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: 
             figures = draw_figures([folder], folder / "figures", records=records, recipe=rec.path)
         except BdcliError as e:  # the numbers are in; a figure that cannot be drawn must not fail the run
             typer.echo(f"figures not drawn: {e}", err=True)
-        table = build_table(records, rec.datasets, [a.key for a in rec.attacks])
+        table = build_table(records, TableOrder.of(rec))
         typer.echo(write_report(table, folder, title=title, paper=rec.report.get("paper"), meta=meta,
                                 notes=[*rec.notes, *_warn_untrained(records)], figures=figures))
     if summary.failed:
@@ -332,8 +332,7 @@ def _collect_warned(paths: list[Path]) -> list:
     return records
 
 
-def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, datasets: list[str], attacks: list[str],
-                   title: str, plots: bool) -> None:
+def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, order, title: str, plots: bool) -> None:
     """``bdcli report ... --out FOLDER``: tables, figures and the one-page HTML report in FOLDER."""
     from ..errors import BdcliError
     from ..report import build_table, collect, write_report
@@ -349,7 +348,7 @@ def _report_folder(paths: list[Path], out: Path, recipe: Path | None, paper, dat
             raise
         records = []  # figure inputs only (a probe, a dynamics table): a page of figures, no table
     figures = draw_figures(paths, out / "figures", records=records, recipe=recipe) if plots else []
-    table = build_table(records, datasets, attacks) if records else None
+    table = build_table(records, order) if records else None
     text = write_report(table, out, title=title, paper=paper, figures=figures,
                         notes=_warn_untrained(records) + _warn_unmarked(table))
     typer.echo(text)
@@ -400,34 +399,34 @@ def report(
 
     Example: bdcli report runs/ --format markdown; bdcli report runs/store --recipe R.yaml --out runs/store
     """
-    from ..report import FORMATS, build_table, render, rich_table
+    from ..report import FORMATS, TableOrder, build_table, render, rich_table
 
     with guard():
         from ..errors import BdcliError, UsageError
 
         if fmt not in FORMATS and fmt not in ("rich", "json"):
             raise UsageError(f"unknown format {fmt!r}; use one of {', '.join([*FORMATS, 'json', 'rich'])}")
-        paper, datasets, attacks, name = None, [], [], None
+        paper, order, name = None, TableOrder(), None
         if recipe is not None:
             from ..recipes import load_recipe
 
             # Validated as `bdcli run` reads it, so a broken recipe stops here instead of ordering a table.
             spec = load_recipe(recipe)
-            paper, name = spec.report.get("paper"), spec.name
-            # Its data sets and attacks in its (the paper's) order, whatever order an archive was extended in.
-            datasets, attacks = list(spec.datasets), [a.key for a in spec.attacks]
+            # Its data sets, attacks and defenses in its (the paper's) order, whatever order an archive
+            # was extended in.
+            paper, order, name = spec.report.get("paper"), TableOrder.of(spec), spec.name
         if per_seed:
             if compare is not None:
                 raise UsageError("--per-seed lists each model's numbers: it takes no --compare")
             if out is not None and (out.is_dir() or not out.suffix):
                 raise UsageError("--per-seed writes one table: give --out a file name with a suffix, e.g. seeds.md")
-            _write_text(_per_seed_text(_collect_warned(paths), fmt, datasets, attacks), out)
+            _write_text(_per_seed_text(_collect_warned(paths), fmt, order), out)
             return
         if out is not None and compare is None and (out.is_dir() or not out.suffix):
-            _report_folder(list(paths), out, recipe, paper, datasets, attacks, title or name or "bdcli report",
+            _report_folder(list(paths), out, recipe, paper, order, title or name or "bdcli report",
                            not no_plots)
             return
-        table = build_table(_collect_warned(paths), datasets, attacks)
+        table = build_table(_collect_warned(paths), order)
         _warn_unmarked(table)
         if compare is not None:
             from ..report import drift
@@ -458,11 +457,11 @@ def report(
         _write_text(text, out)
 
 
-def _per_seed_text(records: list, fmt: str, datasets: list[str], attacks: list[str]) -> str:
+def _per_seed_text(records: list, fmt: str, order) -> str:
     from ..report.compare import render_flat
     from ..report.seeds import seed_numbers, seed_table
 
-    frame = seed_table(records, datasets, attacks)
+    frame = seed_table(records, order)
     if fmt == "json":
         return frame.to_json(orient="records", indent=2, force_ascii=False) + "\n"
     return render_flat(frame, "markdown" if fmt == "rich" else fmt, seed_numbers(frame))

@@ -17,17 +17,17 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from .table import attack_order, dataset_order, method_rank, record_names
+from .table import TableOrder, attack_order, dataset_order, method_rank, record_names, wanted_rank
 
 NUMBERS = ("ACC", "ASR")
 RMSE_BEFORE, RMSE_AFTER = "RMSE before", "RMSE after"
 
 
-def seed_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = (), attacks: Iterable[str] = ()) -> pd.DataFrame:
-    """``datasets`` and ``attacks`` order the rows as ``build_table``'s do."""
+def seed_table(records: Iterable[dict[str, Any]], order: TableOrder = TableOrder()) -> pd.DataFrame:
+    """One row per model, in ``order`` as ``build_table``'s rows, then by seed."""
     records = list(records)
     classes = list(dict.fromkeys(c for r in records for c in (r.get("asr_c") or {})))
-    attacks = attack_order(attacks)
+    attacks, methods = attack_order(order.attacks), list(order.methods)
     rows, keys = [], []
     for r in records:
         dataset, attack, label = record_names(r)
@@ -45,8 +45,9 @@ def seed_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = (), 
         row["Steps"] = (r.get("cost") or {}).get("steps", "")
         row.update(_rmse(Path(r.get("path", "")).parent / "trigger_rmse.json"))
         rows.append(row)
-        keys.append((attacks.index(attack) if attack in attacks else len(attacks), method_rank(r.get("method"))))
-    datasets = dataset_order([r["Dataset"] for r in rows], datasets)
+        keys.append((attacks.index(attack) if attack in attacks else len(attacks), method_rank(r.get("method")),
+                     wanted_rank(label, methods)))
+    datasets = dataset_order([r["Dataset"] for r in rows], order.datasets)
     labels = list(dict.fromkeys(r["Method"] for r in rows))
     # Data set, attack and method in the papers' order (first seen after the known ones), then the seed.
     order = sorted(range(len(rows)), key=lambda i: (datasets.index(rows[i]["Dataset"]), *keys[i],

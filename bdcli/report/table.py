@@ -190,18 +190,31 @@ class _Row:
         return any(s.one_label for samples in cells for s in samples)
 
 
-def build_table(records: Iterable[dict[str, Any]], datasets: Iterable[str] = (), attacks: Iterable[str] = ()) -> pd.DataFrame:
-    """Arrange records as the paper's table; see the module docstring for the layout.
+@dataclass(frozen=True)
+class TableOrder:
+    """A recipe's order for its table: data-set blocks (``["yelp", "mr", "hsol"]``), attack columns and
+    method rows (its attack and defense names, in any spelling the catalog knows). What it does not name
+    follows: data sets in first-seen order, attacks in the catalog's, methods in first-seen order. Within
+    that, the victim and the papers' baselines (METHOD_ORDER) always come first. Without one, an archive
+    extended run by run shows its blocks in the order the runs were archived and its columns in the
+    catalog's order, which is the maximum-entropy paper's, not GBA's."""
 
-    A recipe's ``datasets`` (e.g. ``["yelp", "mr", "hsol"]``) and ``attacks`` (its attack names, where they
-    are spelled as the table spells them) order the data-set blocks and attack columns as its paper does;
-    what they do not name follows, data sets in first-seen order and attacks in the catalog's. Without
-    them an archive extended run by run shows its blocks in the order the runs were archived, and the
-    columns in the catalog's order, which is the maximum-entropy paper's, not GBA's."""
+    datasets: tuple[str, ...] = ()
+    attacks: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, recipe: Any) -> "TableOrder":
+        """The order of a validated recipe (``bdcli.recipes.Recipe``)."""
+        return cls(tuple(recipe.datasets), tuple(a.key for a in recipe.attacks), tuple(k for k, _ in recipe.defenses))
+
+
+def build_table(records: Iterable[dict[str, Any]], order: TableOrder = TableOrder()) -> pd.DataFrame:
+    """Arrange records as the paper's table (see the module docstring), in ``order``."""
     rows = _group_rows(list(records))
-    attacks = _attack_columns(rows, attacks)
-    datasets = dataset_order([r.dataset for r in rows], datasets)
-    rows = sorted(rows, key=_row_sort_key(rows, datasets))
+    attacks = _attack_columns(rows, order.attacks)
+    datasets = dataset_order([r.dataset for r in rows], order.datasets)
+    rows = sorted(rows, key=_row_sort_key(rows, datasets, list(order.methods)))
     victims = _victims(rows)
 
     columns = pd.MultiIndex.from_tuples(
@@ -282,6 +295,11 @@ def method_rank(method: str | None) -> int:
     return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
+def wanted_rank(label: str | None, wanted: list[str]) -> int:
+    """A row label's place among a recipe's defense names; after them where it is not one."""
+    return wanted.index(label) if label in wanted else len(wanted)
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -313,11 +331,11 @@ def _metrics_of(attack: str) -> tuple[str, ...]:
     return (ACC,) if attack == CLEAN else (ACC, ASR)
 
 
-def _row_sort_key(rows: list[_Row], datasets: list[str]) -> Callable[[_Row], tuple[int, int, int]]:
+def _row_sort_key(rows: list[_Row], datasets: list[str], methods: list[str]) -> Callable[[_Row], tuple[int, ...]]:
     first_seen = {id(r): i for i, r in enumerate(rows)}
 
-    def key(r: _Row) -> tuple[int, int, int]:
-        return datasets.index(r.dataset), method_rank(r.method), first_seen[id(r)]
+    def key(r: _Row) -> tuple[int, ...]:
+        return datasets.index(r.dataset), method_rank(r.method), wanted_rank(r.label, methods), first_seen[id(r)]
 
     return key
 
