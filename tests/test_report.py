@@ -315,6 +315,22 @@ def test_a_column_missing_a_method_gets_no_winner() -> None:
     assert full.attrs["unmarked"] == [] and full.attrs["marks"].loc["FP", ("RIPPLe", "ASR")] == "best"
 
 
+def test_a_column_whose_victim_holds_no_backdoor_gets_no_winner() -> None:
+    # MR NeuBA, seed 2: the trigger landed on the other label, so the victim's ASR is 0 and a defense's
+    # 0.00 removes nothing; a column with a backdoor beside it is still ranked.
+    recs = [record("victim", "neuba", 0.79, 0.0, dataset="mr"), record("ft", "neuba", 0.82, 0.0, dataset="mr"),
+            record("gba", "neuba", 0.67, 0.0019, dataset="mr"), record("victim", "ep", 0.81, 1.0, dataset="mr"),
+            record("ft", "ep", 0.83, 1.0, dataset="mr"), record("gba", "ep", 0.73, 0.2, dataset="mr")]
+    table = build_table(recs)
+    marks = table.attrs["marks"]
+    assert marks[("NeuBA", "ASR")].tolist() == ["", "", ""]
+    assert marks.loc["GBA", ("EP", "ASR")] == "best" and marks.loc["FT", ("EP", "ASR")] == "second"
+    assert table.attrs["unmarked"] == ["NeuBA ASR: no best marked, the victim's ASR is 0.00: it holds no backdoor to remove"]
+    # At 6% the victim's triggered rows do move: the column is ranked.
+    recs[0] = record("victim", "neuba", 0.79, 0.06, dataset="mr")
+    assert build_table(recs).attrs["marks"].loc["FT", ("NeuBA", "ASR")] == "best"
+
+
 def test_report_cli_notes_the_unmarked_column(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

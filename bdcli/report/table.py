@@ -399,6 +399,11 @@ def _index(rows: list[_Row], several_datasets: bool) -> pd.Index:
     return pd.Index([r.label for r in rows], name="Method")
 
 
+# A victim whose triggered rows reach the target label at most this often (%) carries no backdoor: the
+# defenses' ASR in its column ranks nothing.
+NO_BACKDOOR_ASR = 5.0
+
+
 def _marks(table: pd.DataFrame, rows: list[_Row]) -> tuple[pd.DataFrame, list[str]]:
     """The best / second-best marks, and a sentence for each block column left unmarked because a
     method has no number there: the best of the methods present need not be the column's best."""
@@ -412,7 +417,8 @@ def _marks(table: pd.DataFrame, rows: list[_Row]) -> tuple[pd.DataFrame, list[st
         for dataset in dict.fromkeys(r.dataset for r in rows):
             # Winners are picked per data set (block of rows) and never include the victim itself.
             block = [i for i, r in enumerate(rows) if r.dataset == dataset and not r.is_victim]
-            why = _why_unmarked(table, rows, block, j, asr_columns)
+            victim = next((i for i, r in enumerate(rows) if r.dataset == dataset and r.is_victim), None)
+            why = _why_unmarked(table, rows, block, victim, j, asr_columns)
             if why:
                 where = " ".join(str(c) for c in column if c)
                 unmarked.append(f"{dataset} / {where}: no best marked, {why}" if several
@@ -426,13 +432,16 @@ def _marks(table: pd.DataFrame, rows: list[_Row]) -> tuple[pd.DataFrame, list[st
     return marks, unmarked
 
 
-def _why_unmarked(table: pd.DataFrame, rows: list[_Row], block: list[int], j: int,
+def _why_unmarked(table: pd.DataFrame, rows: list[_Row], block: list[int], victim: int | None, j: int,
                   asr_columns: list[int]) -> str | None:
     """Why column ``j`` of a block can have no winner, or None when it can."""
     if table.columns[j] == DELTA:
         # Δ is a mean over the attacks a row has: rows with other attacks are not comparable.
         patterns = {tuple(math.isnan(table.iat[i, k]) for k in asr_columns) for i in block}
         return "the rows report different attacks" if len(patterns) > 1 else None
+    if victim is not None and table.iat[victim, j] <= NO_BACKDOOR_ASR:
+        # NeuBA's trigger lands on a label by chance: on the other one no defense has anything to remove.
+        return f"the victim's ASR is {table.iat[victim, j]:.2f}: it holds no backdoor to remove"
     missing = [rows[i].label for i in block if math.isnan(table.iat[i, j])]
     if not missing or len(missing) == len(block):  # a column nobody has is empty, not partial
         return None
