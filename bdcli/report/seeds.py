@@ -45,14 +45,13 @@ def seed_table(records: Iterable[dict[str, Any]], order: TableOrder = TableOrder
         row["Steps"] = (r.get("cost") or {}).get("steps", "")
         row.update(_rmse(Path(r.get("path", "")).parent / "trigger_rmse.json"))
         rows.append(row)
-        keys.append((attacks.index(attack) if attack in attacks else len(attacks), method_rank(r.get("method")),
-                     wanted_rank(label, methods)))
+        keys.append((wanted_rank(attack, attacks), method_rank(r.get("method")), wanted_rank(label, methods)))
     datasets = dataset_order([r["Dataset"] for r in rows], order.datasets)
     labels = list(dict.fromkeys(r["Method"] for r in rows))
     # Data set, attack and method in the papers' order (first seen after the known ones), then the seed.
-    order = sorted(range(len(rows)), key=lambda i: (datasets.index(rows[i]["Dataset"]), *keys[i],
-                                                    labels.index(rows[i]["Method"]), _seed_key(rows[i]["Seed"])))
-    return pd.DataFrame([rows[i] for i in order])
+    positions = sorted(range(len(rows)), key=lambda i: (datasets.index(rows[i]["Dataset"]), *keys[i],
+                                                        labels.index(rows[i]["Method"]), _seed_key(rows[i]["Seed"])))
+    return pd.DataFrame([rows[i] for i in positions])
 
 
 def seed_numbers(frame: pd.DataFrame) -> dict[str, int]:

@@ -29,7 +29,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 from rich.table import Table as RichTable
@@ -244,7 +244,7 @@ def dataset_order(seen: Iterable[str], wanted: Iterable[str] = ()) -> list[str]:
 def _wanted_first(seen: Iterable[str], wanted: list[str]) -> list[str]:
     """``seen`` without repeats, the items of ``wanted`` first and in its order, the rest as they came."""
     first = list(dict.fromkeys(seen))
-    return sorted(first, key=lambda d: (wanted.index(d) if d in wanted else len(wanted), first.index(d)))
+    return sorted(first, key=lambda d: (wanted_rank(d, wanted), first.index(d)))
 
 
 def _group_rows(records: list[dict[str, Any]]) -> list[_Row]:
@@ -292,12 +292,12 @@ def record_names(rec: dict[str, Any]) -> tuple[str, str, str | None]:
 
 def method_rank(method: str | None) -> int:
     """Baselines first, in the papers' order (METHOD_ORDER); every other method after them."""
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return wanted_rank(method, METHOD_ORDER)
 
 
-def wanted_rank(label: str | None, wanted: list[str]) -> int:
-    """A row label's place among a recipe's defense names; after them where it is not one."""
-    return wanted.index(label) if label in wanted else len(wanted)
+def wanted_rank(item: str | None, wanted: Sequence[str]) -> int:
+    """``item``'s place in ``wanted`` (an order to follow); after all of them where it is not one."""
+    return wanted.index(item) if item in wanted else len(wanted)
 
 
 def _mean(values: list[float]) -> float:
