@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
              if n["step"]["kind"] == "evaluate" and any(fnmatch.fnmatch(c, args.cells) for c in n["cells"])]
     if not evals:
         raise SystemExit(f"no evaluation step of {args.store} belongs to a cell matching {args.cells!r}")
-    made: dict[str, Path] = {}
+    # Every cell is checked before anything is written: a field one poisoner lacks, or a model not run
+    # yet, stops the script with nothing half-made.
+    poisons: dict[Path, Step] = {}  # the new ASR set's folder -> the poison step that makes it
+    jobs: list[tuple[str, Step]] = []
     for node in evals:
         step = Step.from_json(node["step"])
         refs = {k: v.step for k, v in step.inputs.items() if isinstance(v, Ref)}
@@ -69,17 +72,21 @@ def main(argv: list[str] | None = None) -> int:
         model = args.store / nodes[model_id]["folder"]
         if not (model / "model.safetensors").is_file():
             raise SystemExit(f"{node['id']}: {model} holds no model.safetensors (not run yet, or archived without models)")
-        if poison_id not in made:
+        data = args.out / "data" / poison_id.replace("/", "_")
+        if data not in poisons:
             poison = Step.from_json(nodes[poison_id]["step"])
             poison.config = dataclasses.replace(poison.config, **overrides(args.sets, poison.config))
-            made[poison_id] = args.out / "data" / poison_id.replace("/", "_")
-            execute(poison, made[poison_id])
-        step.inputs = {"model": str(model), "data": str(made[poison_id])}
-        where = args.out / "evals" / node["id"].replace("/", "_")
+            poisons[data] = poison
+        step.inputs = {"model": str(model), "data": str(data)}
+        jobs.append((node["id"], step))
+    for data, poison in poisons.items():
+        execute(poison, data)
+    for node_id, step in jobs:
+        where = args.out / "evals" / node_id.replace("/", "_")
         execute(step, where)
         metrics = json.loads((where / "metrics.json").read_text())
         asr = "-" if metrics.get("asr") is None else f"{100 * metrics['asr']:.2f}"
-        print(f"{node['id']}: ACC {100 * metrics['acc']:.2f}  ASR {asr}", flush=True)
+        print(f"{node_id}: ACC {100 * metrics['acc']:.2f}  ASR {asr}", flush=True)
     return 0
 
 
