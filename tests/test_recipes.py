@@ -541,3 +541,125 @@ def test_retrigger_remeasures_a_stores_models_on_an_asr_set_built_another_way(re
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--set takes key=value with key one of" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------------------- memory
+
+
+def test_the_runner_records_each_steps_peak_memory_under_its_seed_blanked_id(reference, tiny_encoder, small_sst2,
+                                                                              tmp_path):
+    peaks = json.loads((reference / "logs" / "peak-rss.json").read_text())
+    plan = json.loads((reference / "plan.json").read_text())
+    from bdcli.recipes.memory import meminfo_mb, step_key
+
+    assert set(peaks) == {step_key(n["id"]) for n in plan["nodes"]}
+    total = meminfo_mb()[0]
+    # Each step is a process that imported torch: tens of MB at least, and never more than the machine.
+    assert all(50 < p["peak_rss_mb"] < total and p["rc"] == 0 for p in peaks.values())
+    assert "s*" in next(iter(peaks))
+    # The dry run of a store that measured a step shows it beside the steps still to run.
+    fresh = tmp_path / "fresh"
+    (fresh / "logs").mkdir(parents=True)
+    (fresh / "logs" / "peak-rss.json").write_text(json.dumps(peaks))
+    proc = subprocess.run(_run_argv(tiny_encoder, small_sst2, fresh, "--dry-run"), env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sum("GB (measured)" in line for line in proc.stdout.splitlines()) == 14
+
+
+def test_a_step_killed_by_sigkill_is_named_as_the_oom_killers_with_its_peak(reference, tmp_path):
+    import fcntl
+
+    from bdcli.recipes.executor import LocalProcessExecutor, Task
+
+    plan = json.loads((reference / "plan.json").read_text())
+    poison = next(n for n in plan["nodes"] if n["step"]["kind"] == "poison")
+    out = tmp_path / "step"
+    executor = LocalProcessExecutor(1, 1, lock_wait_s=120)
+    # Hold the step's output lock, so that the step waits for it (artifacts._output_lock) until killed.
+    with open(tmp_path / ".step.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        task = Task("x/s1/poison", poison["step"], out, tmp_path / "x.log", tmp_path / "x.progress")
+        try:
+            executor.start(task)
+            deadline = time.time() + 120
+            while task.pid is None:
+                assert not executor.poll() and time.time() < deadline, "the step did not start"
+                time.sleep(0.05)
+            time.sleep(1.0)
+            os.kill(task.pid, signal.SIGKILL)
+            done = []
+            while not done:
+                assert time.time() < deadline, "the killed step was never reported"
+                done = executor.poll()
+                time.sleep(0.05)
+        finally:
+            executor.stop()
+    (fin,) = done
+    assert fin.returncode == -signal.SIGKILL and fin.peak_rss_mb and fin.peak_rss_mb > 50
+    assert fin.message.startswith("killed by SIGKILL after holding ") and "out-of-memory killer" in fin.message
+    assert not out.exists()
+
+
+class _FakeExecutor:
+    """Finishes each step two polls after it started, and remembers which steps ran side by side."""
+
+    local = True
+
+    def __init__(self, slots: int):
+        self.slots, self.tasks, self.together = slots, {}, []
+
+    def start(self, task):
+        self.tasks[task.id] = 0
+        self.together.append(sorted(self.tasks))
+
+    def poll(self):
+        from bdcli.recipes.executor import Finished
+
+        for id in self.tasks:
+            self.tasks[id] += 1
+        done = [id for id, n in self.tasks.items() if n > 2]
+        for id in done:
+            del self.tasks[id]
+        return [Finished(_task(id), 0, "", 100.0) for id in done]
+
+    def running(self):
+        return [_task(id) for id in self.tasks]
+
+    def stop(self):
+        self.tasks.clear()
+
+
+def _task(id: str):
+    from bdcli.recipes.executor import Task
+
+    return Task(id, {}, Path("x"), Path("x.log"), Path("x.progress"))
+
+
+@pytest.mark.parametrize("measured", [False, True])
+def test_steps_that_took_more_memory_than_is_left_wait_for_the_running_ones(measured, tmp_path, monkeypatch,
+                                                                             tiny_encoder, small_sst2):
+    from bdcli.recipes import runner
+    from bdcli.recipes.memory import step_key
+
+    plan = expand(load_recipe(_write(tmp_path, MATRIX.format(data=small_sst2, model=tiny_encoder))))
+    attacks = [id for id, n in plan.nodes.items() if n.step.kind == "attack"]
+    out = tmp_path / "store"
+    if measured:  # an earlier run measured 9 GB for each victim's training
+        (out / "logs").mkdir(parents=True)
+        (out / "logs" / "peak-rss.json").write_text(json.dumps(
+            {step_key(a): {"peak_rss_mb": 9000.0, "step": a, "rc": 0} for a in attacks}))
+    # A 24 GB machine with 12 GB free and nothing growing: one 9 GB step fits, two do not (10% stays free).
+    monkeypatch.setattr(runner, "meminfo_mb", lambda: (24000.0, 12000.0))
+    monkeypatch.setattr(runner, "rss_mb", lambda pid: 0.0)
+    said = []
+    executor = _FakeExecutor(slots=3)
+    summary = runner.run_plan(plan, out, executor, on_event=said.append, timeout_s=60)
+    assert summary.ok and set(summary.status.values()) == {"done"}
+    most = max(sum(id in attacks for id in ids) for ids in executor.together)
+    waits = [m for m in said if m.startswith("wait ")]
+    if measured:
+        assert most == 1 and waits and all("it took 8.8 GB before" in m for m in waits)
+        assert len(waits) == len(set(waits))  # each held step is said once
+    else:
+        assert most >= 2 and not waits

@@ -285,7 +285,8 @@ def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: 
     records = gather_records(plan, folder)
     if records:
         meta = {"recipe": rec.name, "recipe_path": rec.path, "profile": profile, "seeds": rec.seeds,
-                "wall_seconds": summary.seconds, "step_seconds": summary.step_seconds}
+                "wall_seconds": summary.seconds, "step_seconds": summary.step_seconds,
+                "step_peak_rss_mb": summary.peak_rss_mb}
         from ..artifacts import versions
 
         meta["versions"] = versions()

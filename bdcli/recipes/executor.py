@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import BdcliError
+from .memory import describe_kill
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Task:
     out: Path
     log: Path
     progress: Path
+    pid: int | None = None  # the step's process, once a local executor has started it
 
 
 @dataclass
@@ -29,10 +31,12 @@ class Finished:
     task: Task
     returncode: int
     message: str  # the last line the step printed on failure, its summary on success
+    peak_rss_mb: float | None = None  # the step's peak resident memory, where the executor measures it
 
 
 class Executor(Protocol):
     slots: int
+    local: bool  # its steps run on this machine, so this machine's free memory is theirs to share
 
     def start(self, task: Task) -> None: ...
 
@@ -48,6 +52,8 @@ class LocalProcessExecutor:
 
     The processes are forked from one server that imported torch and bdcli once (``zygote.py``): a step
     gets a fresh process, as isolated as ``python -m bdcli.steps``, without seconds of imports."""
+
+    local = True
 
     def __init__(self, slots: int, threads: int, lock_wait_s: float = 3600, start_timeout_s: float = 300):
         self.slots, self.threads, self.lock_wait_s = slots, threads, lock_wait_s
@@ -99,13 +105,17 @@ class LocalProcessExecutor:
             return []
         done = []
         for msg in self._messages():
+            if "rc" not in msg:  # a fork: the step's process id, for the runner's memory accounting
+                if msg.get("id") in self._tasks:
+                    self._tasks[msg["id"]].pid = msg.get("pid")
+                continue
             task = self._tasks.pop(msg.get("id"), None)
             if task is None:
                 continue
-            rc = int(msg["rc"])
+            rc, peak = int(msg["rc"]), msg.get("peak_rss_mb")
             lines = [ln for ln in task.log.read_text(errors="replace").splitlines() if ln.strip()] if task.log.exists() else []
-            message = lines[-1] if lines else f"exit {rc}"
-            done.append(Finished(task, rc, message if rc else ""))
+            message = describe_kill(rc, peak) or (lines[-1] if lines else f"exit {rc}")
+            done.append(Finished(task, rc, message if rc else "", peak))
         if self._tasks and self._server.poll() is not None:
             # The server died (killed from outside): its steps did not finish.
             for task in self._tasks.values():

@@ -66,14 +66,14 @@ class _StepWorker:
 
         return socket.gethostname()
 
-    def run(self, task: Task) -> tuple[int, str]:
+    def run(self, task: Task) -> tuple[int, str, float | None]:
         self.executor.start(task)
         while not self.stopped:
             done = self.executor.poll()
             if done:
-                return done[0].returncode, done[0].message
+                return done[0].returncode, done[0].message, done[0].peak_rss_mb
             time.sleep(0.1)
-        return 130, "stopped with the run"
+        return 130, "stopped with the run", None
 
     def stop(self) -> None:
         # Called while ``run`` waits (the actor runs two calls at a time): the fork server stops its step.
@@ -88,6 +88,8 @@ def _sees(path: str, token: str) -> bool:
 
 class RayExecutor:
     """``slots`` steps at a time, each in an actor reserving ``threads`` CPUs of the cluster."""
+
+    local = False  # the steps' memory is the cluster's nodes', which the runner does not measure
 
     def __init__(self, address: str, slots: int, threads: int, store: Path, lock_wait_s: float = 3600,
                  start_timeout_s: float = 300):
@@ -163,13 +165,13 @@ class RayExecutor:
         for ref in ready:
             actor, task = self._busy.pop(ref)
             try:
-                rc, message = self.ray.get(ref)
+                rc, message, peak = self.ray.get(ref)
                 self._idle.append(actor)
             except self.ray.exceptions.RayError as e:
                 # The actor (or its node) died: the step did not finish; a fresh actor takes the next one.
-                rc, message = 1, f"the Ray worker died while the step ran: {str(e).splitlines()[0]}"
+                rc, message, peak = 1, f"the Ray worker died while the step ran: {str(e).splitlines()[0]}", None
                 self.ray.kill(actor)
-            done.append(Finished(task, int(rc), message))
+            done.append(Finished(task, int(rc), message, peak))
         return done
 
     def running(self) -> list[Task]:

@@ -15,6 +15,7 @@ from ..artifacts import read_manifest
 from ..errors import BdcliError
 from .archive import PLAN, merge_plans, read_plan
 from .executor import Executor, Task
+from .memory import PeakLog, Running, fits, meminfo_mb, rss_mb
 from .plan import Node, Plan, estimate_steps
 
 DONE, RUNNING, QUEUED, FAILED, SKIPPED = "done", "running", "queued", "failed", "skipped"
@@ -28,6 +29,7 @@ class RunSummary:
     failed: dict[str, str] = field(default_factory=dict)  # id -> message
     seconds: float = 0.0
     step_seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # id -> the step's peak resident memory
 
     @property
     def ok(self) -> bool:
@@ -79,6 +81,7 @@ def describe_plan(plan: Plan, out: Path | None) -> str:
     unknown: dict[str, str] = {}
     est = estimate_steps(plan, unknown)
     lines, todo_low, todo_high, n_done = [], 0, 0, 0
+    peaks = PeakLog(out / "logs") if out is not None else None
     for node in plan.nodes.values():
         done = out is not None and is_done(out, node)
         n_done += done
@@ -87,7 +90,9 @@ def describe_plan(plan: Plan, out: Path | None) -> str:
             todo_low, todo_high = todo_low + low, todo_high + high
         cost = "" if node.id not in est else (f"  {low} steps" if low == high else f"  {low}-{high} steps")
         shared = f"  shared by {len(node.cells)} cells" if len(node.cells) > 1 else ""
-        lines.append(f"  [{'done' if done else 'todo'}] {node.id}: {node.step.kind} {node.step.name}{cost}{shared}")
+        peak = peaks.estimate(node.id) if peaks and not done else None
+        memory = f"  peak {peak / 1024:.1f} GB (measured)" if peak else ""
+        lines.append(f"  [{'done' if done else 'todo'}] {node.id}: {node.step.kind} {node.step.name}{cost}{shared}{memory}")
     n = len(plan.nodes)
     reached = sum(1 + len(nd.aliases) for nd in plan.nodes.values())
     head = [
@@ -117,6 +122,8 @@ def run_plan(plan: Plan, out: Path, executor: Executor, *, on_event: Callable[[s
         for d in node.deps:
             children[d].append(node.id)
     started: dict[str, float] = {}
+    peaks = PeakLog(out / "logs")
+    held: set[str] = set()  # steps kept back for memory, said once each
     say = on_event or (lambda msg: None)
     if superseded:
         say(f"note     this run reruns {len(superseded)} steps of an earlier run in {out} with other settings "
@@ -136,6 +143,9 @@ def run_plan(plan: Plan, out: Path, executor: Executor, *, on_event: Callable[[s
             for fin in executor.poll():
                 id = fin.task.id
                 summary.step_seconds[id] = round(time.monotonic() - started[id], 2)
+                if fin.peak_rss_mb:
+                    summary.peak_rss_mb[id] = fin.peak_rss_mb
+                    peaks.record(id, fin.peak_rss_mb, fin.returncode)
                 if fin.returncode == 0:
                     status[id] = DONE
                     say(f"done     {id} ({summary.step_seconds[id]:.1f} s)")
@@ -146,7 +156,11 @@ def run_plan(plan: Plan, out: Path, executor: Executor, *, on_event: Callable[[s
                     skip_descendants(id)
             ready = [id for id, s in status.items()
                      if s == QUEUED and all(status[d] == DONE for d in plan.nodes[id].deps)]
-            for id in ready[: max(0, executor.slots - len(executor.running()))]:
+            for id in ready:
+                if len(executor.running()) >= executor.slots:
+                    break
+                if not _fits_now(id, executor, peaks, held, say):
+                    continue
                 node = plan.nodes[id]
                 step = _concrete(node, plan, out)
                 folder = step_folder(out, node)
@@ -177,6 +191,23 @@ def run_plan(plan: Plan, out: Path, executor: Executor, *, on_event: Callable[[s
             view.stop()
     summary.seconds = round(time.monotonic() - start, 2)
     return summary
+
+
+def _fits_now(id: str, executor: Executor, peaks: PeakLog, held: set[str], say: Callable[[str], None]) -> bool:
+    """Whether step ``id`` may start beside the running steps, by the memory it took before (memory.py)."""
+    mem = meminfo_mb() if getattr(executor, "local", False) else None
+    need = peaks.estimate(id)
+    if mem is None or need is None:
+        return True
+    running = [Running(peaks.estimate(t.id), rss_mb(t.pid)) for t in executor.running()]
+    if fits(need, running, *mem):
+        held.discard(id)
+        return True
+    if id not in held:
+        held.add(id)
+        say(f"wait     {id}: it took {need / 1024:.1f} GB before and {mem[1] / 1024:.1f} GB are free beside "
+            f"{len(running)} running step(s); it starts when they fit")
+    return False
 
 
 def _concrete(node: Node, plan: Plan, out: Path):

@@ -3,8 +3,8 @@ fresh child per step. Each step still runs in its own process (torch's RNG and t
 process-global, and a crash stays in its child), without paying seconds of imports every time.
 
 Protocol: JSON lines. The runner writes ``{"id", "spec", "out", "log", "progress", "threads",
-"lock_wait_s"}`` on stdin; the server answers ``{"ready": true}`` once, then ``{"id", "rc"}`` as each
-child ends. End of stdin (the runner died or closed it) or SIGTERM stops every child and the server.
+"lock_wait_s"}`` on stdin; the server answers ``{"ready": true}`` once, ``{"id", "pid"}`` as it forks each
+child, and ``{"id", "rc", "peak_rss_mb"}`` as each child ends (its peak resident memory, from ``wait4``). End of stdin (the runner died or closed it) or SIGTERM stops every child and the server.
 
 The server itself never runs a torch operation or starts a thread, so forking it is safe.
 """
@@ -99,13 +99,15 @@ def main() -> None:
                             finally:
                                 os._exit(rc)
                     children[pid] = cmd["id"]
+                    out.write(json.dumps({"id": cmd["id"], "pid": pid}) + "\n")
+                    out.flush()
         _reap(children, out)
 
 
 def _reap(children: dict[int, str], out, block: bool = False) -> None:
     while children:
         try:
-            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            pid, status, usage = os.wait4(-1, 0 if block else os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
@@ -113,7 +115,8 @@ def _reap(children: dict[int, str], out, block: bool = False) -> None:
         id = children.pop(pid, None)
         if id is not None:
             rc = os.waitstatus_to_exitcode(status)
-            out.write(json.dumps({"id": id, "rc": rc}) + "\n")
+            # ru_maxrss is in kB on Linux, the only system the runner measures memory on.
+            out.write(json.dumps({"id": id, "rc": rc, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}) + "\n")
             out.flush()
 
 
