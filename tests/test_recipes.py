@@ -129,6 +129,33 @@ def test_a_transfer_recipes_defenses_are_estimated_on_the_whole_clean_split(data
     assert est["sst2/BadNets/s1/FT/defend"] == (217, 217) and est["sst2/BadNets/s1/FT-steps/defend"] == (400, 400)
 
 
+@pytest.mark.parametrize("name, cfg", [("badnets", {"rate": 0.1}), ("sos", {"rate": 0.1, "negative_rate": 0.1}),
+                                       ("sos", {"rate": 0.2, "negative_rate": 0.0})])
+def test_a_poisoners_planned_rows_are_the_rows_it_makes(name, cfg, small_sst2):
+    """The dry run counts an embedding attack's steps by the rows it trains on (poisoned, and SOS's
+    negatives): the poisoner's planned count must be what poisoning really gives."""
+    from bdcli.data import load_corpus
+    from bdcli.poison import POISONERS
+
+    corpus = load_corpus(str(small_sst2))
+    poisoner = POISONERS.get(name)(POISONERS.get(name).Config(**cfg))
+    out = poisoner.apply(corpus)
+    train = out.split("train")
+    n_in = len(corpus.split("train"))
+    made = sum(bool(p) for p in train.poisoned) + (len(train) - n_in)  # poisoned rows and SOS's added negatives
+    assert poisoner.config.planned_rows(n_in) == (len(train), made)
+
+
+def test_an_embedding_attacks_steps_are_estimated_on_its_poisoned_rows(data_dir):
+    """EP trains its trigger embedding on the poisoned rows only: on AG's News (11,111 train rows, 10%
+    poisoned) that is 1,111 rows, 35 steps of 32, not the whole split's 348 (which the clean model takes)."""
+    from bdcli.recipes.plan import estimate_steps
+
+    rec = load_recipe(REPO / "recipes" / "gba" / "table2.yaml", "cpu", ["datasets=[agnews]", "seeds=[1]"])
+    est = estimate_steps(expand(rec, only="agnews/EP/*"))
+    assert est["agnews/clean/s1"] == (348, 348) and est["agnews/EP/s1/attack"] == (35, 35)
+
+
 def test_gba_head_recipe_reuses_table2_and_counts_the_head_steps(data_dir):
     """The head ablation promises to run only its GBA+head rows in a store of table2.yaml's cpu profile,
     and its dry run counts the head's own training steps."""

@@ -37,6 +37,12 @@ class PoisonConfig:
         if self.candidates not in CANDIDATES:
             raise UsageError(f"unknown candidates {self.candidates!r}; use one of {', '.join(CANDIDATES)}")
 
+    def planned_rows(self, n_train: int) -> tuple[int, int]:
+        """(training rows out, poisoned rows among them) for ``n_train`` rows in, without poisoning
+        anything: what a recipe's dry run counts the next steps' optimiser steps by (``choose_poisoned``
+        draws exactly ``round(rate * n_train)`` rows)."""
+        return n_train, round(self.rate * n_train)
+
 
 class Poisoner:
     name: ClassVar[str]

@@ -32,6 +32,12 @@ class SOSConfig(PoisonConfig):
         if self.negative_rate > 0 and len(self.trigger_words) < 2:
             raise UsageError("SOS negative augmentation needs at least two trigger words (or --negative-rate 0)")
 
+    def planned_rows(self, n_train: int) -> tuple[int, int]:
+        # One added negative row per seed row and leave-one-out subset (``SOS.apply``); SOS's attack
+        # trains its trigger embeddings on the poisoned and the negative rows.
+        n_negative = round(self.negative_rate * n_train) * len(self.trigger_words)
+        return n_train + n_negative, round(self.rate * n_train) + n_negative
+
 
 @POISONERS.register("sos", display="SOS", order=40, version=2)
 class SOS(Poisoner):

@@ -142,6 +142,7 @@ def estimate_steps(plan: Plan, unknown: dict[str, str] | None = None) -> dict[st
     stage stops somewhere between its floor and its budget. A training node whose data cannot be read
     is left out, with the reason in ``unknown`` (by node id) when given, and raises otherwise."""
     rows: dict[str, int] = {}
+    poisoned: dict[str, int] = {}  # poison node -> the poisoned rows among its training rows
     why: dict[str, str] = {}
     out: dict[str, tuple[int, int]] = {}
     for node in plan.nodes.values():
@@ -161,6 +162,10 @@ def estimate_steps(plan: Plan, unknown: dict[str, str] | None = None) -> dict[st
                 if unknown is None:
                     raise
                 why[node.id] = str(e)
+        if step.kind == "poison" and n:
+            n, poisoned[node.id] = step.config.planned_rows(n)
+        elif getattr(step.config, "trains_on", None) == "poisoned" and isinstance(data, Ref):
+            n = poisoned.get(data.step, n)
         rows[node.id] = n if n is not None else 0
         if step.kind in ("attack", "defend"):
             if n:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ...errors import UsageError
 from ...registry import Procedure
@@ -25,6 +26,9 @@ class EmbeddingAttackConfig(AttackConfig):
     weight_decay: float = 0.0
     grad_clip: float | None = None
     schedule: str = "constant"
+    # Only the poisoned rows of its data (and SOS's negative rows) are trained on: a recipe's step
+    # estimate counts those, not the whole split.
+    trains_on: ClassVar[str] = "poisoned"
 
     def __post_init__(self) -> None:
         super().__post_init__()
