@@ -12,6 +12,9 @@ This is what turns an out-of-memory kill into something a rerun avoids: a NeuBA 
 killed step's peak is a lower bound of its need); the same command run again keeps such steps apart.
 It never waits forever: a step starts whenever nothing else runs, whatever its estimate.
 
+A peak counts the pages a step shares with the fork server it came from (torch's libraries, a few
+hundred MB) as its own, so the sum over steps overstates the need a little: the safe side.
+
 Linux only (``/proc``); elsewhere nothing is measured and every step starts as soon as a slot is free.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +110,6 @@ def describe_kill(rc: int, peak_mb: float | None) -> str | None:
     """The one-line reason for a step ended by a signal (``rc`` is minus its number), or None."""
     if rc >= 0:
         return None
-    import signal
-
     try:
         name = signal.Signals(-rc).name
     except ValueError:
