@@ -195,9 +195,11 @@ def run_plan(plan: Plan, out: Path, executor: Executor, *, on_event: Callable[[s
 
 def _fits_now(id: str, executor: Executor, peaks: PeakLog, held: set[str], say: Callable[[str], None]) -> bool:
     """Whether step ``id`` may start beside the running steps, by the memory it took before (memory.py)."""
-    mem = meminfo_mb() if getattr(executor, "local", False) else None
     need = peaks.estimate(id)
-    if mem is None or need is None:
+    if need is None or not getattr(executor, "local", False):
+        return True
+    mem = meminfo_mb()
+    if mem is None:
         return True
     running = [Running(peaks.estimate(t.id), rss_mb(t.pid)) for t in executor.running()]
     if fits(need, running, *mem):

@@ -3,8 +3,9 @@ fresh child per step. Each step still runs in its own process (torch's RNG and t
 process-global, and a crash stays in its child), without paying seconds of imports every time.
 
 Protocol: JSON lines. The runner writes ``{"id", "spec", "out", "log", "progress", "threads",
-"lock_wait_s"}`` on stdin; the server answers ``{"ready": true}`` once, ``{"id", "pid"}`` as it forks each
-child, and ``{"id", "rc", "peak_rss_mb"}`` as each child ends (its peak resident memory, from ``wait4``). End of stdin (the runner died or closed it) or SIGTERM stops every child and the server.
+"lock_wait_s"}`` on stdin; the server answers ``{"ready": true}`` once, ``{"id", "pid"}`` as it forks
+each child, and ``{"id", "rc", "peak_rss_mb"}`` as each child ends (its peak resident memory, from
+``wait4``). End of stdin (the runner died or closed it) or SIGTERM stops every child and the server.
 
 The server itself never runs a torch operation or starts a thread, so forking it is safe.
 """
