@@ -161,6 +161,8 @@ def attack(name: str, cfg: Any, data: DataSpec, out: str | Path, *, force: bool 
         with recording(rec):
             loaded, summary = proc.run(cfg, corpus)
         summary = finish(rec, tmp, summary)
+        if type(cfg).trains_classifier:
+            summary = _with_heldout_check(summary, loaded, corpus, cfg)
         save_classifier(loaded, tmp)
         provenance = {
                 # A fine-tune on clean data from a clean model is the clean reference, not a victim.
@@ -284,8 +286,7 @@ def evaluate(
     lock_wait_s: float = 0,
 ) -> StepResult:
     """ACC on the clean test split; ASR and per-class ASR on ``test-poison`` when the data has one."""
-    from .engine import forward_all, resolve_device, seed_everything
-    from .engine.batching import encode
+    from .engine import resolve_device, seed_everything
     from .metrics import accuracy, asr_per_class, attack_success_rate, label_shares
     from .models import load_classifier
 
@@ -308,9 +309,7 @@ def evaluate(
         loaded.model.to(device)
 
         def predict(ds) -> list[int]:
-            enc = encode(loaded.tokenizer, ds, cfg.max_length)
-            logits = forward_all(loaded.model, enc, batch_size=cfg.batch_size, device=device, precision=cfg.precision)
-            return logits.argmax(dim=-1).tolist()
+            return _predict(loaded, ds, cfg.max_length, cfg.batch_size, device, cfg.precision)
 
         prov = provenance_of(model_path)
         record: dict[str, Any] = {
@@ -434,6 +433,48 @@ def _stages(summary: Any) -> list[dict[str, Any]]:
 
 def read_metrics(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "metrics.json").read_text())
+
+
+def _predict(loaded, ds, max_length: int, batch_size: int, device, precision: str) -> list[int]:
+    from .engine import forward_all
+    from .engine.batching import encode
+
+    logits = forward_all(loaded.model, encode(loaded.tokenizer, ds, max_length), batch_size=batch_size,
+                         device=device, precision=precision)
+    return logits.argmax(dim=-1).tolist()
+
+
+HELDOUT_ROWS = 512  # enough to tell a classifier from one that answers one label, in seconds on a CPU
+
+
+def _with_heldout_check(summary: dict[str, Any], loaded, corpus: Corpus, cfg) -> dict[str, Any]:
+    """``summary`` with the trained model's clean ACC on ``HELDOUT_ROWS`` dev rows (test rows where there is
+    no dev split), and a warning when that ACC is what answering one label scores.
+
+    A model that never learned its task gets its ASR for free; in the transfer scenario the user's
+    fine-tune then teaches it the task and the table shows a victim whose backdoor "faded", with nothing
+    to say why (the maximum-entropy Table 1 RIPPLe attacker at 200 steps did exactly that). Predicting
+    leaves the weights and the RNG as they were, so the saved model is the one trained."""
+    from .metrics import accuracy, label_shares
+    from .report.health import at_chance
+
+    split = "dev" if "dev" in corpus.splits else "test"
+    full = corpus.split(split)
+    n = min(len(full), HELDOUT_ROWS)
+    # Spread over the split: a file sorted by label would otherwise give one label's rows only.
+    ds = full.subset([i * len(full) // n for i in range(n)]) if n else full
+    if len(set(ds.labels)) < 2:
+        return summary
+    preds = _predict(loaded, ds, cfg.max_length, max(cfg.batch_size, 64), _device_of(loaded.model), cfg.precision)
+    acc = accuracy(preds, ds.labels)
+    how = at_chance({"acc": acc, "label_shares": label_shares(ds.labels, corpus.label_names), "dataset": corpus.name})
+    checked = {**summary, "heldout": {"split": split, "rows": len(ds), "acc": round(acc, 4)}}
+    if how is None:
+        return checked
+    return {**checked, "warnings": [*summary.get("warnings", []), (
+        f"the trained model never learned its task: ACC {100 * acc:.2f} on {len(ds)} clean {split} rows, where "
+        f"{how}; its ASR is free, and a fine-tune of it holds little of a backdoor (train it longer or at a "
+        "higher --lr)")]}
 
 
 def _device_of(model) -> Any:

@@ -5,6 +5,7 @@ nothing written)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from tests.helpers import bdcli
@@ -66,6 +67,53 @@ def test_victim_learned_the_backdoor(chain):
     assert victim["asr"] >= 0.9
     assert victim["n_clean"] == 200 and victim["n_poison"] == 100
     assert victim["asr_c"]["1"] == victim["asr"]
+
+
+def test_an_attack_says_when_its_model_never_learned_its_task(chain, tiny_encoder, tmp_path):
+    """One optimiser step leaves a random tiny BERT guessing: `bdcli attack` measures it on the dev rows and
+    says so on stderr, in its manifest and in its model card. The chain's victim carries the same check."""
+    res = bdcli("attack", "finetune", "--model", tiny_encoder, "--data", chain / "poisoned", "--max-steps", "1",
+                "--out", tmp_path / "guess")
+    summary = json.loads((tmp_path / "guess" / "manifest.json").read_text())["summary"]
+    assert summary["heldout"]["split"] == "dev" and summary["heldout"]["rows"] == 100
+    dev = [json.loads(line)["label"] for line in (chain / "poisoned" / "dev.jsonl").read_text().splitlines()]
+    chance = max(dev.count(y) for y in set(dev)) / len(dev)
+    assert summary["heldout"]["acc"] <= chance + 0.05
+    assert "never learned its task" in res.stderr
+    assert any("never learned its task" in w for w in summary["warnings"])
+    assert "never learned its task" in (tmp_path / "guess" / "README.md").read_text()
+    victim = json.loads((chain / "victim" / "manifest.json").read_text())["summary"]
+    warned = any("never learned its task" in w for w in victim.get("warnings", []))
+    assert warned == (victim["heldout"]["acc"] <= chance + 0.05)
+
+
+def test_the_held_out_check_spreads_over_a_sorted_split_and_stays_quiet_on_a_learned_model(monkeypatch):
+    from bdcli import api
+    from bdcli.data.dataset import Corpus, TextDataset
+
+    class Cfg:
+        max_length, batch_size, precision = 32, 8, "fp32"
+
+    # A dev split sorted by label, longer than the check reads: its first rows alone hold one label.
+    labels = [0] * 600 + [1] * 600
+    dev = TextDataset([f"row {i}" for i in range(1200)], labels, ["negative", "positive"])
+    corpus = Corpus("mine", ["negative", "positive"], {"dev": dev})
+    seen = []
+
+    def right(loaded, ds, *args):
+        seen.append(list(ds.labels))
+        return list(ds.labels)
+
+    monkeypatch.setattr(api, "_device_of", lambda model: "cpu")
+    monkeypatch.setattr(api, "_predict", right)
+    loaded = SimpleNamespace(model=None)
+    out = api._with_heldout_check({"warnings": ["kept"]}, loaded, corpus, Cfg)
+    assert out["heldout"] == {"split": "dev", "rows": api.HELDOUT_ROWS, "acc": 1.0} and out["warnings"] == ["kept"]
+    assert seen[0].count(0) == seen[0].count(1) == api.HELDOUT_ROWS // 2
+    monkeypatch.setattr(api, "_predict", lambda loaded, ds, *args: [1] * len(ds))
+    out = api._with_heldout_check({}, loaded, corpus, Cfg)
+    assert out["heldout"]["acc"] == 0.5 and len(out["warnings"]) == 1
+    assert "ACC 50.00 on 512 clean dev rows, where always predicting its most frequent label" in out["warnings"][0]
 
 
 def test_report_prints_the_paper_layout_from_the_metrics(chain):

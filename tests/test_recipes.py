@@ -378,6 +378,29 @@ def test_dry_run_counts_done_steps_and_writes_nothing(reference, tiny_encoder, s
     assert not fresh.exists()
 
 
+def test_a_steps_warnings_reach_the_runs_report_once_each_with_the_steps_that_gave_them(reference, tiny_encoder,
+                                                                                      small_sst2, tmp_path):
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    attacks = [n for n in json.loads((store / "plan.json").read_text())["nodes"] if n["step"]["kind"] == "attack"]
+    assert len(attacks) == 2
+    for node in attacks:
+        path = store / node["folder"] / "manifest.json"
+        manifest = json.loads(path.read_text())
+        # Every attack that trains a classifier measured it on held-out rows.
+        assert manifest["summary"]["heldout"]["rows"] > 0
+        manifest["summary"]["warnings"] = [*manifest["summary"].get("warnings", []), "a sentence both steps wrote"]
+        path.write_text(json.dumps(manifest))
+    proc = subprocess.run(_run_argv(tiny_encoder, small_sst2, store, "--jobs", "2"), env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "0 steps ran, 14 reused" in proc.stderr, proc.stderr
+    report = (store / "report.md").read_text()
+    assert report.count("a sentence both steps wrote") == 1
+    assert f"{attacks[0]['id']} and 1 more step(s): a sentence both steps wrote" in report
+
+
 # ------------------------------------------------------------------------------------- the archive
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..train_config import TrainConfig
 from ..errors import UsageError
@@ -18,6 +19,9 @@ class AttackConfig(TrainConfig):
     # outsourcing: the attacker ships the whole classifier; transfer: the attacker ships an encoder
     # that the user fine-tunes (recorded so that defenses and evaluation know what they hold).
     scenario: str = "outsourcing"
+    # Whether the attack leaves a trained classifier, whose clean ACC `bdcli attack` checks on held-out
+    # rows; NeuBA leaves its head as loaded, for the user's fine-tune to train.
+    trains_classifier: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         # Before TrainConfig's own checks, which a NaN passes (every comparison with NaN is False).

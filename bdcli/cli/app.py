@@ -260,7 +260,7 @@ def run_recipe(
 def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: float | None, profile: str | None,
               executor_name: str = "local", address: str | None = None) -> None:
     from ..progress import enabled
-    from ..recipes import LocalProcessExecutor, default_threads, gather_records, print_event, run_plan
+    from ..recipes import LocalProcessExecutor, default_threads, gather_records, plan_warnings, print_event, run_plan
     from ..report import TableOrder, build_table, write_report
 
     if executor_name == "ray":
@@ -300,7 +300,8 @@ def _run_plan(rec, plan, folder: Path, jobs: int, threads: int | None, timeout: 
             typer.echo(f"figures not drawn: {e}", err=True)
         table = build_table(records, TableOrder.of(rec))
         typer.echo(write_report(table, folder, title=title, paper=rec.report.get("paper"), meta=meta,
-                                notes=[*rec.notes, *_warn_untrained(records)], figures=figures))
+                                notes=[*rec.notes, *_warn_untrained(records), *plan_warnings(plan, folder)],
+                                figures=figures))
     if summary.failed:
         raise typer.Exit(1)
 

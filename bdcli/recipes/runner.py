@@ -149,6 +149,8 @@ def run_plan(plan: Plan, out: Path, executor: Executor, *, on_event: Callable[[s
                 if fin.returncode == 0:
                     status[id] = DONE
                     say(f"done     {id} ({summary.step_seconds[id]:.1f} s)")
+                    for w in step_warnings(out, plan.nodes[id]):
+                        say(f"warning  {id}: {w}")
                 else:
                     status[id] = FAILED
                     summary.failed[id] = fin.message
@@ -260,6 +262,23 @@ def _progress_text(path: Path) -> str:
 
 def print_event(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def step_warnings(out: Path, node: Node) -> list[str]:
+    """The warnings a finished step wrote into its manifest (a model that never learned its task, say)."""
+    summary = (read_manifest(step_folder(out, node)) or {}).get("summary")
+    return [str(w) for w in summary.get("warnings", [])] if isinstance(summary, dict) else []
+
+
+def plan_warnings(plan: Plan, out: Path) -> list[str]:
+    """Every finished step's warnings, each sentence once with the steps that gave it, for a report's notes:
+    a recipe run prints them as they come, a report made later must still say them."""
+    by_message: dict[str, list[str]] = {}
+    for id, node in plan.nodes.items():
+        for w in step_warnings(out, node):
+            by_message.setdefault(w, []).append(id)
+    return [f"{ids[0]}" + (f" and {len(ids) - 1} more step(s)" if len(ids) > 1 else "") + f": {w}"
+            for w, ids in by_message.items()]
 
 
 def gather_records(plan: Plan, out: Path) -> list[dict[str, Any]]:

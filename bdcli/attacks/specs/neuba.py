@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 from itertools import combinations
 
 from ...errors import UsageError
@@ -18,6 +19,7 @@ MAX_TRIGGERS = len(list(combinations(range(N_BLOCKS), 2)))  # 6
 @dataclass
 class NeubaConfig(AttackConfig):
     scenario: str = "transfer"
+    trains_classifier: ClassVar[bool] = False
     lr: float = 5e-5
     batch_size: int = 160
     max_steps: int | None = 40000
