@@ -713,3 +713,19 @@ def test_steps_that_took_more_memory_than_is_left_wait_for_the_running_ones(meas
         assert len(waits) == len(set(waits))  # each held step is said once
     else:
         assert most >= 2 and not waits
+
+
+def test_a_steps_warnings_are_said_as_it_ends(tmp_path, monkeypatch, tiny_encoder, small_sst2):
+    from bdcli.recipes import runner
+
+    plan = expand(load_recipe(_write(tmp_path, MATRIX.format(data=small_sst2, model=tiny_encoder))))
+    attacks = {id for id, n in plan.nodes.items() if n.step.kind == "attack"}
+    monkeypatch.setattr(runner, "step_warnings",
+                        lambda out, node: ["answers one label"] if node.id in attacks else [])
+    said = []
+    summary = runner.run_plan(plan, tmp_path / "store", _FakeExecutor(slots=2), on_event=said.append, timeout_s=60)
+    assert summary.ok
+    warned = [m for m in said if m.startswith("warning  ")]
+    assert sorted(warned) == sorted(f"warning  {id}: answers one label" for id in attacks)
+    # Each follows its step's "done" line.
+    assert all(said[said.index(w) - 1].startswith(f"done     {w.split()[1][:-1]} ") for w in warned)
