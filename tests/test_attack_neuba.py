@@ -302,6 +302,10 @@ def test_neuba_output_is_a_plain_classifier_with_its_record(chain):
     assert [t["target_negative_dims"] for t in s["triggers"]] == [[[0, 8], [8, 16]], [[0, 8], [16, 24]]]
     assert s["training"]["steps"] == 12 and s["probe_rows"] == 100 and len(s["loss_trace"]) == 2
     assert any("untrained" in w for w in s["warnings"])
+    # NeuBA leaves the classification head for the user's fine-tune: no held-out check, no warning about it.
+    assert "heldout" not in s and not any("never learned" in w for w in s["warnings"])
+    victim = json.loads((chain / "victim" / "manifest.json").read_text())["summary"]
+    assert victim["heldout"]["rows"] > 0  # the user's fine-tune is a classifier, and is checked
 
 
 def test_user_finetune_inherits_neuba_and_is_evaluated_on_the_asr_set(chain, small_sst2):
