@@ -462,7 +462,7 @@ def _with_heldout_check(summary: dict[str, Any], loaded, corpus: Corpus, cfg) ->
     full = corpus.split(split)
     n = min(len(full), HELDOUT_ROWS)
     # Spread over the split: a file sorted by label would otherwise give one label's rows only.
-    ds = full.subset([i * len(full) // n for i in range(n)]) if n else full
+    ds = full.subset([i * len(full) // n for i in range(n)])
     if len(set(ds.labels)) < 2:
         return summary
     preds = _predict(loaded, ds, cfg.max_length, max(cfg.batch_size, 64), _device_of(loaded.model), cfg.precision)

@@ -3,10 +3,9 @@ fingerprint, and a runner over a pluggable executor."""
 
 from .executor import Executor, LocalProcessExecutor, default_threads
 from .plan import Node, Plan, estimate_steps, expand
-from .runner import (RunSummary, describe_plan, gather_records, plan_warnings, print_event, run_plan, step_folder,
-                     step_warnings)
+from .runner import RunSummary, describe_plan, gather_records, plan_warnings, print_event, run_plan, step_folder
 from .schema import Recipe, load_recipe, read_yaml
 
 __all__ = ["Executor", "LocalProcessExecutor", "default_threads", "Node", "Plan", "estimate_steps", "expand",
            "RunSummary", "describe_plan", "gather_records", "plan_warnings", "print_event", "run_plan",
-           "step_folder", "step_warnings", "Recipe", "load_recipe", "read_yaml"]
+           "step_folder", "Recipe", "load_recipe", "read_yaml"]
